@@ -1,0 +1,341 @@
+"""Logging for the gateway: structlog everywhere, JSON off a terminal, secrets never written.
+
+The gateway sees every credential of a Whazing (agents' JWTs, login passwords, API tokens) and
+holds its own (webhook keys, signing secrets, the observer's password), so every line, our own
+and mitmproxy's, passes one redaction processor before it is rendered. Redaction works on the
+event dict (keys that name secrets, nested containers) and on strings (Bearer tokens, JWTs,
+`whsec_` secrets, socket.io CONNECT payloads, `key=value` and `"key": "value"` pairs), plus exact
+values the gateway registers with `register_secret`.
+
+It runs on every log line, never on the traffic path: the hot path logs nothing at info level.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from typing import IO, Any
+
+import structlog
+
+MASK = "***"
+
+# Keys (lower-case, with "-" and "_" removed) whose values are secrets whatever they look like.
+_SECRET_KEYS = frozenset(
+    {
+        "authorization", "proxyauthorization", "token", "tokens", "accesstoken", "refreshtoken",
+        "idtoken", "bearertoken", "password", "passwd", "pwd", "webpassword", "newpassword",
+        "oldpassword", "apikey", "xn8napikey", "xapikey", "secret", "secrets", "signingsecret",
+        "clientsecret", "webhooksecret", "cookie", "setcookie", "jwt", "credentials", "privatekey",
+    }
+)
+# Suffixes that make a key secret too (observer_password, n8n_api_key, api_token, ...).
+_SECRET_SUFFIXES = ("password", "passwd", "token", "secret", "secrets", "apikey", "cookie")
+# Keys the suffix rule would catch but that hold no secret.
+_NOT_SECRET = frozenset({"tokentype"})
+
+_KEY_ALT = (
+    r"authorization|proxy-authorization|x-n8n-api-key|x-api-key|api[_-]?key|apikey|"
+    r"bearertoken|access[_-]?token|refresh[_-]?token|id[_-]?token|tokens?|"
+    r"web[_-]?password|password|passwd|secret|secrets|signing[_-]?secret|cookie|set-cookie|jwt"
+)
+_STRING_PATTERNS: list[tuple[re.Pattern[str], Any]] = [
+    # "password": "x", 'token': 'x' (JSON bodies and Python reprs inside strings), including
+    # socket.io CONNECT frames 40{"token":"..."} and header tuples (b'cookie', b'sid=x').
+    (
+        re.compile(
+            r"""(?P<k>["'](?:[\w-]*?(?:""" + _KEY_ALT + r"""))["']\s*[:,]\s*b?)"""
+            r"""(?P<q>["'])(?P<v>(?:\\.|(?!(?P=q)).)*)(?P=q)""",
+            re.IGNORECASE,
+        ),
+        lambda m: f"{m.group('k')}{m.group('q')}{MASK}{m.group('q')}",
+    ),
+    # The same, JSON-escaped inside another string: {\"password\":\"x\"}.
+    (
+        re.compile(
+            r"""(?P<k>\\["'](?:[\w-]*?(?:""" + _KEY_ALT + r"""))\\["']\s*:\s*\\["'])(?P<v>[^"'\\]*)""",
+            re.IGNORECASE,
+        ),
+        lambda m: m.group("k") + MASK,
+    ),
+    # Header lines: "Authorization: Bearer x", "Cookie: a=b; c=d", "X-N8N-API-KEY: x".
+    (
+        re.compile(
+            r"(?P<k>\b(?:authorization|proxy-authorization|x-n8n-api-key|x-api-key|cookie|set-cookie)"
+            r"\s*:\s*)(?P<v>[^\r\n\"',}]+)",
+            re.IGNORECASE,
+        ),
+        lambda m: m.group("k") + MASK,
+    ),
+    # Query strings and form bodies: ?bearertoken=x&token=y, password=z.
+    (
+        re.compile(
+            r"(?P<k>(?:(?<=[?&;\s,(])|^)[\w.-]*?(?:" + _KEY_ALT + r")=)(?P<v>[^&\s\"',;)]+)",
+            re.IGNORECASE,
+        ),
+        lambda m: m.group("k") + MASK,
+    ),
+    # Authorization schemes anywhere in text ("missing bearer token" stays readable).
+    (
+        re.compile(
+            r"\b(?P<k>bearer)\s+(?!(?:token|tokens|auth|authentication|header|scheme)\b)"
+            r"(?P<v>[A-Za-z0-9\-._~+/]+=*)",
+            re.IGNORECASE,
+        ),
+        lambda m: f"{m.group('k')} {MASK}",
+    ),
+    (
+        re.compile(r"\b(?P<k>Basic)\s+(?P<v>[A-Za-z0-9+/]{8,}=*)"),
+        lambda m: f"{m.group('k')} {MASK}",
+    ),
+    # JWTs (header and payload are base64url JSON objects: they start with eyJ).
+    (re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), lambda m: MASK),
+    # Standard Webhooks signing secrets.
+    (re.compile(r"whsec_[A-Za-z0-9+/=_-]+"), lambda m: "whsec_" + MASK),
+]
+# Cheap pre-check: a string with none of these substrings cannot match any pattern above.
+_HINT = re.compile(
+    r"eyJ|whsec_|bearer|basic|token|authoriz|passw|passwd|secret|api[_-]?key|apikey|cookie|jwt",
+    re.IGNORECASE,
+)
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+_registered_re: re.Pattern[str] | None = None
+MIN_SECRET_LEN = 4
+
+
+def register_secret(value: str | bytes | None) -> None:
+    """Mask this exact value wherever it appears in a log line from now on.
+
+    For the gateway's own secrets (API keys, signing secrets, the observer's password): values
+    too short to be told apart from ordinary text (< 4 characters) are ignored.
+    """
+    global _registered_re
+    if value is None:
+        return
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    value = str(value)
+    if len(value) < MIN_SECRET_LEN or value in _registered:
+        return
+    with _lock:
+        _registered.add(value)
+        alts = sorted(_registered, key=len, reverse=True)
+        _registered_re = re.compile("|".join(re.escape(v) for v in alts))
+
+
+def clear_registered_secrets() -> None:
+    """Forget registered values (tests, config reloads)."""
+    global _registered_re
+    with _lock:
+        _registered.clear()
+        _registered_re = None
+
+
+def is_secret_key(key: object) -> bool:
+    """True for a mapping key that names a secret (authorization, x-n8n-api-key, db_password...)."""
+    if not isinstance(key, str):
+        return False
+    k = key.lower().replace("-", "").replace("_", "")
+    if k in _NOT_SECRET:
+        return False
+    return k in _SECRET_KEYS or k.endswith(_SECRET_SUFFIXES)
+
+
+def redact_text(text: str) -> str:
+    """Mask every secret-looking part of a string."""
+    reg = _registered_re
+    if reg is not None:
+        text = reg.sub(MASK, text)
+    if _HINT.search(text) is None:
+        return text
+    for pattern, repl in _STRING_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _mask_value(value: Any) -> Any:
+    # Keep None and booleans (has_token=False says something and leaks nothing).
+    if value is None or isinstance(value, bool):
+        return value
+    return MASK
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """Return `value` with secrets masked; containers are copied, never changed in place."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if _depth > 12:
+        return MASK  # absurdly deep: do not risk printing it
+    if isinstance(value, Mapping):
+        return {
+            k: (_mask_value(v) if is_secret_key(k) else redact(v, _depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        # Header lists: [("authorization", "Bearer x"), ...]
+        if len(value) == 2 and is_secret_key(value[0]):
+            return type(value)((value[0], _mask_value(value[1])))
+        return type(value)(redact(v, _depth + 1) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return [redact(v, _depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value).decode("utf-8", "replace")
+        masked = redact_text(text)
+        return masked if masked != text else value
+    # Anything else is rendered with repr() later: check that text.
+    text = repr(value)
+    masked = redact_text(text)
+    return masked if masked != text else value
+
+
+def redact_processor(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask secrets in every value of the event dict."""
+    for key, value in list(event_dict.items()):
+        if key.startswith("_"):  # _record, _from_structlog: structlog's own plumbing
+            continue
+        if key != "event" and is_secret_key(key):
+            event_dict[key] = _mask_value(value)
+        else:
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+           "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+_threshold = logging.INFO
+
+
+def _level_number(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    try:
+        return _LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"unknown log level {level!r} (use one of {', '.join(_LEVELS)})") from None
+
+
+def _drop_below_level(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # mitmproxy sets the root logger to DEBUG, so the stdlib's own check lets everything through;
+    # drop early here, before any rendering work.
+    if _LEVELS.get(method_name, logging.INFO) < _threshold:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _add_client(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # mitmproxy puts the client address on its records as `client`.
+    record = event_dict.get("_record")
+    client = getattr(record, "client", None) if record is not None else None
+    if client and "client" not in event_dict:
+        try:
+            event_dict["client"] = f"{client[0]}:{client[1]}"
+        except (TypeError, IndexError):
+            event_dict["client"] = str(client)
+    return event_dict
+
+
+_FIRST_KEYS = ("timestamp", "level", "logger", "event")
+
+
+def _order_keys(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # JSON lines read better (and grep better) with the same four keys first.
+    ordered = {k: event_dict.pop(k) for k in _FIRST_KEYS if k in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class GatewayLogHandler(logging.StreamHandler):
+    """Our root handler; a marker class so a second configure_logging replaces it."""
+
+
+def detach_mitmproxy_termlog() -> int:
+    """Remove mitmproxy's terminal log handler from the root logger; return how many.
+
+    Our handler renders mitmproxy's records too (redacted, same format), so keeping mitmdump's
+    TermLog would print every line twice, unredacted the second time. mitmweb's event-log
+    handler is kept: it feeds the flow viewer's Events pane.
+    """
+    try:
+        from mitmproxy.addons.termlog import TermLogHandler
+    except Exception:  # mitmproxy not importable: nothing to detach
+        return 0
+    root = logging.getLogger()
+    found = [h for h in root.handlers if isinstance(h, TermLogHandler)]
+    for h in found:
+        root.removeHandler(h)
+    return len(found)
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | None = None) -> None:
+    """Set up structlog and the stdlib root logger (mitmproxy's) to write through one redactor.
+
+    fmt: "auto" (console on a terminal, JSON otherwise), "json" or "console".
+    Safe to call again (tests, reloads): it replaces its previous handler.
+    """
+    global _threshold
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError(f"unknown log format {fmt!r} (auto, json, console)")
+    stream = stream if stream is not None else sys.stderr
+    _threshold = _level_number(level)
+    tty = _is_tty(stream)
+    use_console = fmt == "console" or (fmt == "auto" and tty)
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redact_processor,
+    ]
+    renderer: Any
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+    else:
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+
+    structlog.configure(
+        processors=[_drop_below_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_add_client, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([] if use_console else [_order_keys]),
+            renderer,
+        ],
+    )
+    handler = GatewayLogHandler(stream)
+    handler.setFormatter(formatter)
+    handler.setLevel(_threshold)
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, GatewayLogHandler):
+            root.removeHandler(h)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > _threshold:
+        root.setLevel(_threshold)
+    detach_mitmproxy_termlog()
+    # Chatty libraries: their debug lines are noise even at debug level.
+    for name in ("asyncio", "hpack", "aiohttp.access"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, _threshold))
