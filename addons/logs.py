@@ -314,7 +314,8 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | 
         processors=[_drop_below_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: a later configure_logging (tests, reloads) must reach module-level loggers.
+        cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[_add_client, *shared],

@@ -1,0 +1,325 @@
+"""Logging: JSON off a terminal, console on one, bound context, and secrets never written."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from datetime import datetime, timezone
+
+import pytest
+import structlog
+from mitmproxy.http import Headers
+
+from addons import logs
+from addons.logs import MASK, configure_logging, redact, redact_text, register_secret
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+    "eyJ1c2VybmFtZSI6ImFkbWluIiwidGVuYW50SWQiOjEsImlkIjoxLCJwcm9maWxlIjoiYWRtaW4ifQ."
+    "Xr2a8QbHc6V3bqYxk7y0eWmJx1aB9s3Qm1lT0bH2c9E"
+)
+API_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJ0ZW5hbnRJZCI6MSwiYXBpSWQiOiJhYmMifQ.q1w2e3r4t5y6u7i8o9p0"
+SIGNING = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwC4qV0cJtP1E="
+N8N_KEY = "n8n-key-7f3c9a1e5b"
+LOGIN_PASSWORD = "Sup3r-S3nha!2024"
+OBSERVER_PASSWORD = "observer-pw-91c2"
+
+
+@pytest.fixture
+def out():
+    """A non-TTY stream with logging configured on it; everything undone afterwards."""
+    buf = io.StringIO()
+    configure_logging(stream=buf)
+    yield buf
+    _reset()
+
+
+def _reset():
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logs.GatewayLogHandler):
+            root.removeHandler(h)
+    logs.clear_registered_secrets()
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+
+
+def lines(buf: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for s in secrets:
+        assert s not in text, f"secret {s[:12]}... leaked in: {text}"
+
+
+# --- redaction of realistic records -------------------------------------------------------------
+
+def test_socket_connect_frame_token_is_masked(out):
+    log = structlog.get_logger("addons.gateway")
+    frame = f'40{{"token":"{JWT}"}}'
+    log.info("socket frame", direction="client", frame=frame, connection_id="c1")
+    log.debug("not shown at info", frame=frame)
+    rec, = lines(out)
+    assert rec["frame"] == f'40{{"token":"{MASK}"}}'
+    assert rec["connection_id"] == "c1"
+    assert_no_secret(out.getvalue(), JWT)
+
+
+def test_namespaced_connect_and_opaque_token(out):
+    structlog.get_logger("x").info("frame", frame='40/admin,{"token":"opaque-token-1234"}')
+    assert lines(out)[0]["frame"] == '40/admin,{"token":"***"}'
+
+
+def test_login_body_password_masked_as_dict_string_and_bytes(out):
+    log = structlog.get_logger("addons.traffic")
+    body = {"email": "agent@example.com", "password": LOGIN_PASSWORD}
+    raw = json.dumps(body)
+    log.info("login", request_json=body, request_text=raw, content=raw.encode())
+    rec, = lines(out)
+    assert rec["request_json"] == {"email": "agent@example.com", "password": MASK}
+    assert json.loads(rec["request_text"]) == {"email": "agent@example.com", "password": MASK}
+    assert MASK in rec["content"]
+    assert "agent@example.com" in out.getvalue()  # not a secret: still there for debugging
+    assert_no_secret(out.getvalue(), LOGIN_PASSWORD)
+
+
+def test_request_headers_dict_list_and_mitmproxy_headers(out):
+    log = structlog.get_logger("addons.gateway")
+    hdrs = Headers(
+        [(b"Authorization", f"Bearer {JWT}".encode()), (b"Cookie", b"sid=abc123; theme=dark"),
+         (b"Content-Type", b"application/json")]
+    )
+    log.info(
+        "request",
+        method="PUT",
+        path="/tickets/42",
+        headers={"Authorization": f"Bearer {JWT}", "Accept": "application/json"},
+        header_list=[("authorization", f"Bearer {JWT}"), ("x-n8n-api-key", N8N_KEY)],
+        mitm_headers=hdrs,
+    )
+    rec, = lines(out)
+    assert rec["headers"] == {"Authorization": MASK, "Accept": "application/json"}
+    assert rec["header_list"] == [["authorization", MASK], ["x-n8n-api-key", MASK]]
+    assert rec["path"] == "/tickets/42"
+    assert_no_secret(out.getvalue(), JWT, N8N_KEY, "abc123")
+
+
+def test_external_api_query_string_and_url(out):
+    url = (f"http://whazing:3000/v1/api/external/abc/params/?body=oi&number=5511999999999"
+           f"&externalKey=k1&bearertoken={API_JWT}")
+    structlog.get_logger("addons.gateway").info("external call", url=url,
+                                               auth=f"Bearer {API_JWT}")
+    rec, = lines(out)
+    assert rec["url"].endswith("&bearertoken=***")
+    assert "number=5511999999999" in rec["url"]
+    assert rec["auth"] == "Bearer ***"
+    assert_no_secret(out.getvalue(), API_JWT)
+
+
+def test_delivery_record_with_target_secrets(out):
+    log = structlog.get_logger("addons.sender").bind(target="n8n-main", event_id="evt_1", ticket_id=42)
+    log.warning(
+        "delivery failed, will retry",
+        request_headers={"X-N8N-API-KEY": N8N_KEY, "webhook-id": "msg_1",
+                         "content-type": "application/json"},
+        target_config={"url": "https://n8n.example/webhook/whazing", "api_key": N8N_KEY,
+                       "signing": {"secrets": [SIGNING]}, "timeout_ms": 10000},
+        error=f"signature check with {SIGNING} failed",
+    )
+    rec, = lines(out)
+    assert rec["target"] == "n8n-main" and rec["event_id"] == "evt_1" and rec["ticket_id"] == 42
+    assert rec["level"] == "warning"
+    assert rec["request_headers"]["X-N8N-API-KEY"] == MASK
+    assert rec["request_headers"]["webhook-id"] == "msg_1"
+    assert rec["target_config"]["api_key"] == MASK
+    assert rec["target_config"]["signing"]["secrets"] == MASK
+    assert rec["target_config"]["timeout_ms"] == 10000
+    assert "whsec_***" in rec["error"]
+    assert_no_secret(out.getvalue(), N8N_KEY, SIGNING)
+
+
+def test_registered_secret_masked_anywhere(out):
+    register_secret(OBSERVER_PASSWORD)
+    register_secret("ab")  # too short to mask safely: ignored
+    log = structlog.get_logger("addons.observer")
+    log.info(f"observer login as bot@example.com with {OBSERVER_PASSWORD}",
+             note=["nested", {"deep": f"x{OBSERVER_PASSWORD}y"}])
+    rec, = lines(out)
+    assert rec["event"] == "observer login as bot@example.com with ***"
+    assert rec["note"] == ["nested", {"deep": "x***y"}]
+    assert "ab" in redact_text("about")
+
+
+def test_exception_text_is_redacted(out):
+    log = structlog.get_logger("addons.sender")
+    try:
+        raise RuntimeError(f"upstream refused Authorization: Bearer {JWT}")
+    except RuntimeError:
+        log.exception("delivery crashed", target="t1")
+    rec, = lines(out)
+    assert rec["level"] == "error"
+    assert "RuntimeError" in rec["exception"]
+    assert_no_secret(out.getvalue(), JWT)
+
+
+def test_objects_rendered_by_repr_are_checked(out):
+    class Cfg:
+        def __repr__(self):
+            return f"Cfg(url='https://x', secret='{SIGNING}')"
+
+    class Plain:
+        def __repr__(self):
+            return "Plain(1)"
+
+    structlog.get_logger("x").info("cfg", cfg=Cfg(), plain=Plain())
+    rec, = lines(out)
+    assert SIGNING not in rec["cfg"] and "https://x" in rec["cfg"]
+    assert rec["plain"] == "Plain(1)"
+
+
+def test_redact_keeps_innocent_values_and_does_not_mutate():
+    ev = {"ticket": {"id": 1, "status": "open", "queueId": 3}, "has_token": False,
+          "token": None, "tokenInvalid": "x", "body": "Quero falar com um atendente",
+          "password": LOGIN_PASSWORD}
+    snapshot = json.dumps(ev, sort_keys=True)
+    r = redact(ev)
+    assert json.dumps(ev, sort_keys=True) == snapshot  # input untouched
+    assert r["ticket"] == ev["ticket"]
+    assert r["has_token"] is False and r["token"] is None
+    assert r["body"] == "Quero falar com um atendente"
+    assert r["password"] == MASK
+    assert redact_text("missing bearer token") == "missing bearer token"
+    assert redact_text("token_count=5 ok") == "token_count=5 ok"
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        (f"Authorization: Bearer {JWT}", JWT),
+        (f"jwt {JWT} expired", JWT),
+        (f'{{"token":"{JWT}","x":1}}', JWT),
+        ("POST /auth/login/ {'email': 'a@b.c', 'password': 'pa55word'}", "pa55word"),
+        ('"{\\"password\\":\\"zzz-secret\\"}"', "zzz-secret"),
+        ("X-N8N-API-KEY: " + N8N_KEY, N8N_KEY),
+        ("curl -H 'x-n8n-api-key: " + N8N_KEY + "'", N8N_KEY),
+        ("Headers[(b'cookie', b'sid=s3ss10n')]", "s3ss10n"),
+        (f"secret={SIGNING}", SIGNING),
+        ("?access_token=tok_live_123&x=1", "tok_live_123"),
+        ("web_password=letmein99", "letmein99"),
+        ("Basic YWRtaW46c2VjcmV0cGFzcw==", "YWRtaW46c2VjcmV0cGFzcw"),
+    ],
+)
+def test_string_patterns(text, secret):
+    assert secret not in redact_text(text)
+
+
+# --- format, context and routing ----------------------------------------------------------------
+
+def test_json_fields_timestamp_level_logger(out):
+    structlog.get_logger("addons.infer").info("event inferred", type="ticket.created", ticket_id=7)
+    rec, = lines(out)
+    assert list(rec)[:4] == ["timestamp", "level", "logger", "event"]
+    assert rec["logger"] == "addons.infer" and rec["level"] == "info"
+    ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00"))
+    assert ts.utcoffset() == timezone.utc.utcoffset(None)
+    assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 300
+
+
+def test_contextvars_bound_context(out):
+    structlog.contextvars.bind_contextvars(flow="f-1", ticket_id=42)
+    try:
+        structlog.get_logger("addons.gateway").info("observed", event_type="ticket:update")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    structlog.get_logger("addons.gateway").info("later")
+    first, second = lines(out)
+    assert first["flow"] == "f-1" and first["ticket_id"] == 42
+    assert "flow" not in second
+
+
+def test_stdlib_and_mitmproxy_records_go_through_once(out):
+    from mitmproxy.addons.termlog import TermLogHandler
+
+    term_out = io.StringIO()
+    term = TermLogHandler(term_out)
+    term.install()  # what mitmdump's TermLog does at start
+    try:
+        configure_logging(stream=out)  # e.g. from the addon's running(): takes over
+        logging.getLogger("mitmproxy.proxy.server").info(
+            "client connect %s", f"GET /socket.io/?EIO=4&token={JWT}", extra={"client": ("10.0.0.5", 51234)}
+        )
+        structlog.get_logger("addons.gateway").info("ours")
+    finally:
+        term.uninstall()
+    recs = lines(out)
+    assert [r["event"].split(" ")[0] for r in recs] == ["client", "ours"]
+    assert recs[0]["logger"] == "mitmproxy.proxy.server"
+    assert recs[0]["client"] == "10.0.0.5:51234"
+    assert term_out.getvalue() == ""  # mitmproxy's own printer was detached: no duplicate
+    assert_no_secret(out.getvalue(), JWT)
+
+
+def test_reconfigure_replaces_handler_and_level():
+    a, b = io.StringIO(), io.StringIO()
+    try:
+        configure_logging(stream=a)
+        configure_logging(stream=b, level="debug")
+        structlog.get_logger("x").debug("dbg")
+        assert a.getvalue() == ""
+        assert lines(b)[0]["event"] == "dbg"
+        configure_logging(stream=b, level="warning")
+        structlog.get_logger("x").info("dropped")
+        logging.getLogger("lib").info("dropped too")
+        assert len(lines(b)) == 1
+    finally:
+        _reset()
+
+
+def test_console_on_a_tty_and_when_asked():
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w", buffering=1)
+    try:
+        configure_logging(stream=tty)
+        structlog.get_logger("addons.sender").info("delivered", target="n8n", password="pw-123456")
+        tty.flush()
+        text = os.read(master, 65536).decode()
+    finally:
+        _reset()
+        tty.close()
+        os.close(master)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert not plain.lstrip().startswith("{")
+    assert "delivered" in plain and "target=n8n" in plain
+    assert "pw-123456" not in plain
+
+    buf = io.StringIO()
+    try:
+        configure_logging(fmt="console", stream=buf)
+        structlog.get_logger("x").info("hello", ticket_id=3)
+    finally:
+        _reset()
+    assert "hello" in buf.getvalue() and "ticket_id=3" in buf.getvalue()
+    assert "\x1b[" not in buf.getvalue()  # no colours off a terminal
+
+
+def test_json_forced_on_a_tty_and_bad_arguments():
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w", buffering=1)
+    try:
+        configure_logging(fmt="json", stream=tty)
+        structlog.get_logger("x").info("j")
+        tty.flush()
+        text = os.read(master, 65536).decode()
+    finally:
+        _reset()
+        tty.close()
+        os.close(master)
+    assert json.loads(text.strip())["event"] == "j"
+    with pytest.raises(ValueError):
+        configure_logging(fmt="xml")
+    with pytest.raises(ValueError):
+        configure_logging(level="loud")
