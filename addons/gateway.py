@@ -1,0 +1,214 @@
+"""The mitmproxy entry point: `mitmdump -s addons/gateway.py` / `mitmweb -s addons/gateway.py`.
+
+Hooks are the hot path of every request and every websocket frame: they only decide, with a
+prefix test or a route lookup, whether a record is worth reading, and hand it to the pipeline's
+queue. Everything else (decode, infer, route, outbox, delivery) runs in tasks beside the proxy,
+so the gateway can fail, stall or restart its delivery without the traffic noticing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import weakref
+from collections import deque
+from pathlib import Path
+
+try:
+    import addons  # noqa: F401  (installed package)
+except ImportError:  # loaded by path from a clone: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import structlog
+from mitmproxy import ctx, exceptions, hooks
+
+from addons import metrics, traffic
+from addons.decode import routes
+from addons.pipeline import Result, ThrottledLog
+
+log = structlog.get_logger("addons.gateway")
+
+# Websocket frames worth reading: server events `42[...]` on a `:ticketList` channel. The test
+# runs on raw bytes, so the thousands of other frames (pings, presence, other channels) cost
+# two slice comparisons and a short substring search each.
+_EVENT_PREFIX = b"42["
+_CHANNEL_MARK = b'List"'
+# Frames kept per live websocket flow: an agent's tab stays open for days.
+WS_KEEP_MESSAGES = 200
+
+
+class FlowNotes:
+    """Shows, on each flow, the events it caused and what became of their deliveries.
+
+    mitmweb displays `flow.comment` and the mark; the details go to `flow.metadata["whazing"]`
+    (searchable with `~meta`). Flows are held weakly: a flow dropped by the viewer is not kept
+    alive for its annotations.
+    """
+
+    MAX_LINES = 50
+
+    def __init__(self) -> None:
+        self.flows: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self.by_delivery: dict[str, str] = {}
+
+    def track(self, flow) -> None:
+        self.flows[flow.id] = flow
+
+    def on_result(self, result: Result) -> None:
+        flow = self.flows.get(result.record.flow_id)
+        if flow is None:
+            return
+        meta = flow.metadata.setdefault("whazing", {"events": [], "deliveries": {}})
+        lines = flow.comment.splitlines() if flow.comment else []
+        for ev in result.events:
+            change = ", ".join(f"{k} {a}->{b}" for k, (a, b) in ev.changes.items())
+            lines.append(f"{ev.type} #{ev.ticket_id}" + (f" {change}" if change else "")
+                         + (f" ({ev.origin})" if ev.origin else ""))
+            meta["events"].append({"id": ev.id, "type": ev.type, "ticket": ev.ticket_id,
+                                   "changes": {k: list(v) for k, v in ev.changes.items()}})
+        for d in result.deliveries:
+            meta["deliveries"][d.id] = {"target": d.target, "event": d.event_type,
+                                        "status": "queued" if result.accepted else "not accepted"}
+            lines.append(f"  -> {d.target}: {'queued' if result.accepted else 'NOT ACCEPTED (outbox error)'} [{d.id}]")
+            self.by_delivery[d.id] = flow.id
+            if len(self.by_delivery) > 100_000:
+                self.by_delivery.pop(next(iter(self.by_delivery)))
+        flow.comment = "\n".join(lines[-self.MAX_LINES:])
+        flow.marked = ":default:"
+        self._update(flow)
+
+    def on_delivery(self, delivery_id: str, target: str, outcome: str, detail: str) -> None:
+        flow_id = self.by_delivery.get(delivery_id)
+        flow = self.flows.get(flow_id) if flow_id else None
+        if flow is None:
+            return
+        info = flow.metadata.get("whazing", {}).get("deliveries", {}).get(delivery_id)
+        if info is not None:
+            info["status"] = outcome
+            info["detail"] = detail
+        lines = flow.comment.splitlines()
+        lines.append(f"  <- {target}: {outcome} {detail} [{delivery_id}]")
+        flow.comment = "\n".join(lines[-self.MAX_LINES:])
+        if outcome == "dead":
+            flow.marked = ":warning:"
+        if outcome in ("delivered", "dead"):
+            self.by_delivery.pop(delivery_id, None)
+        self._update(flow)
+
+    @staticmethod
+    def _update(flow) -> None:
+        try:
+            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+        except Exception:  # no master (tests) or a viewer that went away: annotations still stand
+            pass
+
+
+class FlowLimit:
+    """Keep at most `max_flows` finished flows in mitmweb's view: a viewer open for days stays small."""
+
+    def __init__(self, max_flows: int) -> None:
+        self.max_flows = max_flows
+        self.order: deque = deque()
+
+    def add(self, flow) -> None:
+        view = ctx.master.addons.get("view")
+        if view is None or self.max_flows <= 0:
+            return
+        self.order.append(weakref.ref(flow))
+        if len(self.order) > self.max_flows:
+            old = [r() for r in (self.order.popleft() for _ in range(len(self.order) - self.max_flows))]
+            old = [f for f in old if f is not None and not f.live and view.get_by_id(f.id) is not None]
+            if old:
+                view.remove(old)
+
+
+class Gateway:
+    """Taps the traffic and owns the gateway's services for the life of the proxy."""
+
+    def __init__(self) -> None:
+        self.settings = None
+        self.services = None
+        self.notes = FlowNotes()
+        self.limit: FlowLimit | None = None
+        self.errors = ThrottledLog()
+
+    # -- options -----------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option("whazing_config", str, "gateway.yaml",
+                          "Whazing Gateway main config file (gateway.yaml).")
+
+    def configure(self, updated) -> None:
+        if "whazing_config" not in updated:
+            return
+        from addons.config import ConfigError, load_settings
+
+        try:
+            self.settings = load_settings(ctx.options.whazing_config)
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"whazing_config: {exc}") from None
+        except OSError as exc:
+            raise exceptions.OptionsError(f"whazing_config: cannot read {ctx.options.whazing_config}: {exc}") from None
+
+    def running(self) -> None:
+        from addons.services import Services
+
+        if ctx.options.deferred:
+            log.warning("unknown mitmproxy options ignored (misspelled --set?)", options=sorted(ctx.options.deferred))
+        self.limit = FlowLimit(self.settings.max_flows)
+        self.services = Services(self.settings, on_result=self.notes.on_result, on_delivery=self.notes.on_delivery)
+        self.services.start_soon()
+
+    async def done(self) -> None:
+        if self.services is not None:
+            await self.services.stop()
+            self.services = None
+
+    # -- hot path ----------------------------------------------------------------------------
+    def _submit(self, flow, record) -> None:
+        self.notes.track(flow)
+        self.services.pipeline.submit(record)
+
+    def request(self, flow) -> None:
+        if self.services is None or flow.request.method == "GET":
+            return
+        try:
+            path = flow.request.path.partition("?")[0]
+            if routes.match(flow.request.method, path) is not None:
+                self._submit(flow, traffic.request_record(flow))
+        except Exception as exc:
+            self._failed("request", exc, flow)
+
+    def response(self, flow) -> None:
+        if self.services is None:
+            return
+        try:
+            if self.limit is not None:
+                self.limit.add(flow)
+            path = flow.request.path.partition("?")[0]
+            if routes.match(flow.request.method, path) is not None:
+                self._submit(flow, traffic.exchange_record(flow))
+        except Exception as exc:
+            self._failed("response", exc, flow)
+
+    def websocket_message(self, flow) -> None:
+        if self.services is None:
+            return
+        try:
+            messages = flow.websocket.messages
+            msg = messages[-1]
+            if not msg.from_client:
+                content = msg.content
+                if content[:3] == _EVENT_PREFIX and _CHANNEL_MARK in content[:80]:
+                    self._submit(flow, traffic.frame_record(flow.id, msg))
+            if len(messages) > WS_KEEP_MESSAGES:
+                del messages[: len(messages) - WS_KEEP_MESSAGES]
+        except Exception as exc:
+            self._failed("websocket", exc, flow)
+
+    def _failed(self, hook: str, exc: Exception, flow) -> None:
+        metrics.STAGE_ERRORS.labels(f"hook_{hook}").inc()
+        self.errors.error(f"hook_{hook}", "gateway hook failed; the flow goes on untouched",
+                          error=repr(exc), flow_id=getattr(flow, "id", None))
+
+
+addons = [Gateway()]

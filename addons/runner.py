@@ -1,0 +1,91 @@
+"""`whazing-gateway run`: mitmproxy in reverse mode with the addon, configured from gateway.yaml.
+
+Users never assemble mitmproxy flags: the listen address, upstream, body streaming and the flow
+viewer's binding and password all come from gateway.yaml. `--set` passes extra options through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def mitmproxy_options(settings, web: bool) -> dict:
+    """The mitmproxy options a gateway runs with (pure: tested without starting a proxy)."""
+    opts = {
+        "mode": [f"reverse:{settings.upstream}"],
+        "listen_host": settings.listen_host,
+        "listen_port": settings.listen_port,
+        # A sidecar in front of Whazing serves browsers on public addresses.
+        "block_global": False,
+        # Above this size bodies are streamed through, not held in memory (and not inspected).
+        "stream_large_bodies": settings.stream_large_bodies,
+        "whazing_config": str(settings.config_path),
+    }
+    if web:
+        opts.update(web_host=settings.web_host, web_port=settings.web_port, web_open_browser=False)
+        if settings.web_password:
+            opts["web_password"] = settings.web_password
+    return opts
+
+
+async def _serve(settings, web: bool, extra: list[str]) -> int:
+    from mitmproxy import options
+
+    from addons.gateway import Gateway
+
+    opts = options.Options()
+    if web:
+        from mitmproxy.tools.web.master import WebMaster
+
+        master = WebMaster(opts, with_termlog=True)
+    else:
+        from mitmproxy.tools.dump import DumpMaster
+
+        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master.addons.add(Gateway())
+    values = mitmproxy_options(settings, web)
+    opts.update(**values)
+    if extra:
+        opts.set(*extra)
+    opts.update(termlog_verbosity="warn")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, master.shutdown)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if web:
+        log.info("flow viewer", url=f"http://{settings.web_host}:{settings.web_port}/",
+                 password="from gateway.yaml web.password" if settings.web_password
+                 else "random token: see mitmweb's startup line")
+    await master.run()
+    return 0
+
+
+def run_command(args) -> int:
+    from addons.config import ConfigError, load_settings
+    from addons.logs import configure_logging
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"cannot read {args.config}: {exc}\n")
+        return 1
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.web_password:
+        from addons.logs import register_secret
+
+        register_secret(settings.web_password)
+    try:
+        return asyncio.run(_serve(settings, args.web, args.set))
+    except KeyboardInterrupt:
+        return 0
