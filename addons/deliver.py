@@ -257,6 +257,9 @@ class Sender:
         self._next_retention = 0.0
         self._warned_missing: dict[str, float] = {}
         self._last_loop_error: str | None = None
+        # Optional observer of every attempt: (delivery_id, target, outcome, detail), outcome in
+        # delivered | retry | dead. The gateway uses it to annotate flows in the viewer.
+        self.on_outcome: Callable[[str, str, str, str], None] | None = None
 
     # ---- lifecycle ----
 
@@ -452,6 +455,20 @@ class Sender:
             self._inflight[item.target] = self._inflight.get(item.target, 1) - 1
             self._wake.set()
 
+    def _notify(self, item: OutboxItem, decision: Decision, status: int | None, latency_ms: float) -> None:
+        if self.on_outcome is None:
+            return
+        if decision.outcome == "delivered":
+            detail = f"HTTP {status} in {latency_ms:.0f} ms"
+        elif decision.outcome == "retry":
+            detail = f"{decision.reason}; next try in {max(0.0, (decision.next_at or 0) - self._clock()):.0f} s"
+        else:
+            detail = decision.reason or "dead"
+        try:
+            self.on_outcome(item.id, item.target, decision.outcome, detail)
+        except Exception:  # an observer must never break delivery
+            log.exception("deliver.on_outcome_failed", delivery_id=item.id)
+
     async def _attempt(self, item: OutboxItem, target: model.Target, attempt_no: int, blog) -> None:
         assert self._session is not None
         started_at = self._clock()
@@ -497,6 +514,7 @@ class Sender:
                           error=None if decision.outcome == "delivered" else decision.reason)
         await self.outbox.record_attempt(item.id, attempt, decision.outcome, decision.next_at)  # type: ignore[arg-type]
 
+        self._notify(item, decision, status, attempt.latency_ms)
         breaker = self._breaker(item.target)
         mono = time.monotonic()
         if decision.outcome == "delivered":

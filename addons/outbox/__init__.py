@@ -25,11 +25,11 @@ __all__ = [
     "OutboxItem", "TargetPause", "open_outbox", "sqlite_path_for",
 ]
 
-DEFAULT_SQLITE_NAME = "outbox.sqlite3"
+DEFAULT_SQLITE_NAME = "outbox.db"
 
 
 def sqlite_path_for(settings: Any) -> str:
-    """`settings.sqlite_path` if set, else `<data_dir>/outbox.sqlite3` (data_dir default ".")."""
+    """`settings.sqlite_path` if set, else `<data_dir>/outbox.db` (data_dir default ".")."""
     path = getattr(settings, "sqlite_path", None)
     if path:
         return os.fspath(path)

@@ -267,7 +267,7 @@ class SqliteOutbox(Outbox):
         except BaseException:
             await self.close()
             raise
-        log.info("outbox.opened", engine="sqlite", path=self.path)
+        log.debug("outbox.opened", engine="sqlite", path=self.path)
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
