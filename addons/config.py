@@ -846,7 +846,7 @@ def read_rules(rules_dir: str | os.PathLike, settings: Settings | None = None,
     queue_rules: list[QueueRule] = []
     for draft in drafts:
         for name, file, line in draft.target_refs:
-            if name not in targets:
+            if name not in target_where:  # defined but invalid: already reported there
                 issues.append(Issue(file, line, f"unknown target '{name}'" + _did_you_mean(name, list(targets))))
         rule = draft.build()
         (channel_rules if draft.kind == "channel" else queue_rules).append(rule)
