@@ -43,17 +43,16 @@ async def _serve(settings, web: bool, extra: list[str]) -> int:
     if web:
         from mitmproxy.tools.web.master import WebMaster
 
-        master = WebMaster(opts, with_termlog=True)
+        master = WebMaster(opts, with_termlog=False)
     else:
         from mitmproxy.tools.dump import DumpMaster
 
-        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     master.addons.add(Gateway())
     values = mitmproxy_options(settings, web)
     opts.update(**values)
     if extra:
         opts.set(*extra)
-    opts.update(termlog_verbosity="warn")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
