@@ -162,6 +162,7 @@ class SqliteOutbox(Outbox):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self.commits = 0  # write transactions committed (each may hold many operations)
 
     # ---- the thread -------------------------------------------------------------------------
 
@@ -239,6 +240,7 @@ class SqliteOutbox(Outbox):
             results = [(None, error)] * len(batch)
         else:
             if writes:
+                self.commits += 1
                 self._succeeded()
         for op, (result, exc) in zip(batch, results):
             if exc is not None and isinstance(exc, sqlite3.Error):
