@@ -15,7 +15,7 @@ import structlog
 
 from addons import metrics, model
 from addons.payloads import render
-from addons.rules import QueueRule, RuleSet, queue_name_for, queue_of
+from addons.rules import QueueRule, RuleSet, knows_queue, queue_name_for, queue_of
 from addons.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -122,7 +122,7 @@ class Router:
             return []
         state = await self.state.get(key) or {}
         queue_id, queue_name = queue_of(event)
-        if queue_id is None:
+        if queue_id is None and not knows_queue(event):
             queue_id = state.get("queue")  # a partial ticket: the queue we last saw it in
         selected = self._selected(rules, queue_id, queue_name)
         active = bool(selected)

@@ -80,6 +80,11 @@ def queue_of(event: model.Event) -> tuple[Any, Any]:
     return qid, name
 
 
+def knows_queue(event: model.Event) -> bool:
+    """Whether the traffic told the ticket's queue (a null queueId says "no queue"; no key says nothing)."""
+    return "queueId" in (event.ticket or {}) or "queueId" in message_ticket(event)
+
+
 def queue_name_for(event: model.Event, queue_id: Any) -> Any:
     """The name of `queue_id` if the event's ticket carries that queue object."""
     q = ticket_field(event, "queue")
