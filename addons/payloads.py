@@ -42,14 +42,15 @@ def iso_utc(ts: float) -> str:
 
 
 def _ticket_view(event: model.Event) -> dict[str, Any]:
-    """The ticket as best known: the event's ticket, completed by the message's snapshot, whose
-    status wins (the status when the message came)."""
+    """The ticket as best known: the event's ticket, completed by the message's snapshot. For a
+    message event the snapshot's status wins (the status when the message came); a ticket event's
+    message is an older one, so there the ticket's own status stands."""
     view = dict(message_ticket(event))
     for k, v in (event.ticket or {}).items():
         if v is not None or k not in view:
             view[k] = v
     mt = message_ticket(event)
-    if mt.get("status") is not None:
+    if event.type in model.MESSAGE_EVENTS and mt.get("status") is not None:
         view["status"] = mt["status"]
     if view.get("id") is None and event.ticket_id is not None:
         view["id"] = event.ticket_id
