@@ -37,6 +37,24 @@ _CHANNEL_MARK = b'List"'
 WS_KEEP_MESSAGES = 200
 
 
+def wants_request(flow) -> bool:
+    """A request read before it is answered: creations and updates announce what follows."""
+    method = flow.request.method
+    return method != "GET" and routes.match(method, flow.request.path.partition("?")[0]) is not None
+
+
+def wants_response(flow) -> bool:
+    return routes.match(flow.request.method, flow.request.path.partition("?")[0]) is not None
+
+
+def wants_frame(message) -> bool:
+    """A server frame that may carry a Whazing push (`42["1:ticketList",...`)."""
+    if message.from_client:
+        return False
+    content = message.content
+    return content[:3] == _EVENT_PREFIX and _CHANNEL_MARK in content[:80]
+
+
 class FlowNotes:
     """Shows, on each flow, the events it caused and what became of their deliveries.
 
@@ -169,11 +187,10 @@ class Gateway:
         self.services.pipeline.submit(record)
 
     def request(self, flow) -> None:
-        if self.services is None or flow.request.method == "GET":
+        if self.services is None:
             return
         try:
-            path = flow.request.path.partition("?")[0]
-            if routes.match(flow.request.method, path) is not None:
+            if wants_request(flow):
                 self._submit(flow, traffic.request_record(flow))
         except Exception as exc:
             self._failed("request", exc, flow)
@@ -184,8 +201,7 @@ class Gateway:
         try:
             if self.limit is not None:
                 self.limit.add(flow)
-            path = flow.request.path.partition("?")[0]
-            if routes.match(flow.request.method, path) is not None:
+            if wants_response(flow):
                 self._submit(flow, traffic.exchange_record(flow))
         except Exception as exc:
             self._failed("response", exc, flow)
@@ -196,10 +212,8 @@ class Gateway:
         try:
             messages = flow.websocket.messages
             msg = messages[-1]
-            if not msg.from_client:
-                content = msg.content
-                if content[:3] == _EVENT_PREFIX and _CHANNEL_MARK in content[:80]:
-                    self._submit(flow, traffic.frame_record(flow.id, msg))
+            if wants_frame(msg):
+                self._submit(flow, traffic.frame_record(flow.id, msg))
             if len(messages) > WS_KEEP_MESSAGES:
                 del messages[: len(messages) - WS_KEEP_MESSAGES]
         except Exception as exc:
