@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ class Standin:
     media: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     sio: socketio.AsyncServer = field(init=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What went out, in order (bounded): tests compare what clients got with it.
+    emitted: deque[Emit] = field(default_factory=lambda: deque(maxlen=10000))
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncServer(
@@ -75,6 +78,7 @@ class Standin:
     def reset(self) -> None:
         self.world = seeded_world()
         self.media.clear()
+        self.emitted.clear()
 
     async def push(self, emits: list[Emit]) -> None:
         """Emit to the tenant rooms, one after the other, logging what went out."""
@@ -82,6 +86,7 @@ class Standin:
             payload = e.data.get("payload") or {}
             log.info("standin.emit", socket_event=e.event, type=e.data.get("type"),
                      ticket_id=payload.get("ticketId", payload.get("id")), room=e.room)
+            self.emitted.append(e)
             await self.sio.emit(e.event, e.data, room=e.room)
 
     # ---- socket.io handlers -------------------------------------------------------------------
