@@ -263,6 +263,20 @@ class GatewayLogHandler(logging.StreamHandler):
     """Our root handler; a marker class so a second configure_logging replaces it."""
 
 
+_CONNECTION_CHATTER = ("client connect", "client disconnect", "server connect", "server disconnect")
+
+
+class _ConnectionChatter(logging.Filter):
+    """mitmproxy logs every connection open and close at info; in front of a whole helpdesk that
+    is most of the log. Keep them at debug level only; errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _threshold <= logging.DEBUG or record.name != "mitmproxy.proxy.server":
+            return True
+        msg = record.msg
+        return not (isinstance(msg, str) and msg.startswith(_CONNECTION_CHATTER))
+
+
 def detach_mitmproxy_termlog() -> int:
     """Remove mitmproxy's terminal log handler from the root logger; return how many.
 
@@ -328,6 +342,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | 
     handler = GatewayLogHandler(stream)
     handler.setFormatter(formatter)
     handler.setLevel(_threshold)
+    handler.addFilter(_ConnectionChatter())
 
     root = logging.getLogger()
     for h in list(root.handlers):

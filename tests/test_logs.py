@@ -249,15 +249,15 @@ def test_stdlib_and_mitmproxy_records_go_through_once(out):
     term.install()  # what mitmdump's TermLog does at start
     try:
         configure_logging(stream=out)  # e.g. from the addon's running(): takes over
-        logging.getLogger("mitmproxy.proxy.server").info(
-            "client connect %s", f"GET /socket.io/?EIO=4&token={JWT}", extra={"client": ("10.0.0.5", 51234)}
+        logging.getLogger("mitmproxy.proxy.mode_servers").info(
+            "client request %s", f"GET /socket.io/?EIO=4&token={JWT}", extra={"client": ("10.0.0.5", 51234)}
         )
         structlog.get_logger("addons.gateway").info("ours")
     finally:
         term.uninstall()
     recs = lines(out)
     assert [r["event"].split(" ")[0] for r in recs] == ["client", "ours"]
-    assert recs[0]["logger"] == "mitmproxy.proxy.server"
+    assert recs[0]["logger"] == "mitmproxy.proxy.mode_servers"
     assert recs[0]["client"] == "10.0.0.5:51234"
     assert term_out.getvalue() == ""  # mitmproxy's own printer was detached: no duplicate
     assert_no_secret(out.getvalue(), JWT)
@@ -323,3 +323,19 @@ def test_json_forced_on_a_tty_and_bad_arguments():
         configure_logging(fmt="xml")
     with pytest.raises(ValueError):
         configure_logging(level="loud")
+
+
+def test_mitmproxy_connection_chatter_only_at_debug():
+    buf = io.StringIO()
+    server_log = logging.getLogger("mitmproxy.proxy.server")
+    try:
+        configure_logging(stream=buf)
+        for msg in ("client connect", "server connect 10.0.0.2:3000", "client disconnect"):
+            server_log.info(msg, extra={"client": ("10.0.0.5", 1)})
+        server_log.info("error establishing server connection: refused")
+        assert [r["event"] for r in lines(buf)] == ["error establishing server connection: refused"]
+        configure_logging(stream=buf, level="debug")
+        server_log.info("client connect")
+        assert lines(buf)[-1]["event"] == "client connect"
+    finally:
+        _reset()
