@@ -33,6 +33,6 @@ VOLUME ["/app/data", "/app/rules"]
 EXPOSE 8080 9090 8081
 # No curl in slim images: probe /healthz with the Python that is already there.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('GATEWAY_METRICS_PORT', '9090'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('WGW_METRICS_PORT', '9090'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["whazing-gateway"]
 CMD ["run", "--config", "/app/gateway.yaml"]

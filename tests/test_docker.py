@@ -143,8 +143,8 @@ def test_baked_config_matches_volumes_and_ports(final):
     assert s.log_format == "json"
     # Everything a deployment changes comes from the environment.
     s2, issues = read_settings(ROOT / "deploy" / "gateway.docker.yaml", env={
-        "WHAZING_UPSTREAM": "http://whazing-backend:3000", "GATEWAY_METRICS_PORT": "9191",
-        "GATEWAY_OBSERVER": "false", "GATEWAY_DATA_DIR": "/srv/gw", "GATEWAY_LOG_LEVEL": "debug",
+        "WHAZING_UPSTREAM": "http://whazing-backend:3000", "WGW_METRICS_PORT": "9191",
+        "WGW_OBSERVER": "false", "WGW_DATA_DIR": "/srv/gw", "WGW_LOG_LEVEL": "debug",
     })
     assert issues == []
     assert (s2.upstream, s2.metrics_port, s2.observer_enabled, str(s2.data_dir), s2.log_level) == (
@@ -166,7 +166,7 @@ async def test_healthcheck_command_against_a_real_ops_server(final):
     ops = OpsServer("127.0.0.1", 0)
     await ops.start()
     try:
-        env = {**os.environ, "GATEWAY_METRICS_PORT": str(ops.port)}
+        env = {**os.environ, "WGW_METRICS_PORT": str(ops.port)}
         ok = await _run(cmd, env)
         assert ok.returncode == 0, ok.stderr
     finally:

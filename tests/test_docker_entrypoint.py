@@ -82,14 +82,14 @@ async def test_entrypoint_cmd_runs_the_gateway(tmp_path):
     upstream, upstream_port = await start_upstream()
     proxy_port, metrics_port = free_port(), free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "WHAZING_"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("WGW_", "WHAZING_"))},
         "HOME": str(home),  # the image's HOME=/app: mitmproxy keeps its confdir there
         "WHAZING_UPSTREAM": f"http://127.0.0.1:{upstream_port}",
-        "GATEWAY_PORT": str(proxy_port),
-        "GATEWAY_METRICS_PORT": str(metrics_port),
-        "GATEWAY_DATA_DIR": str(data),
-        "GATEWAY_RULES_DIR": str(rules),
-        "GATEWAY_OBSERVER": "false",
+        "WGW_PORT": str(proxy_port),
+        "WGW_METRICS_PORT": str(metrics_port),
+        "WGW_DATA_DIR": str(data),
+        "WGW_RULES_DIR": str(rules),
+        "WGW_OBSERVER": "false",
     }
     stderr_path = tmp_path / "stderr.log"
     with open(stderr_path, "w") as err:
@@ -139,7 +139,7 @@ async def test_entrypoint_cmd_runs_the_gateway(tmp_path):
     records = []
     for line in log_text.splitlines():
         if line.strip():
-            records.append(json.loads(line))  # GATEWAY_LOG_FORMAT defaults to json: every line
+            records.append(json.loads(line))  # WGW_LOG_FORMAT defaults to json: every line
     assert any(r.get("event") == "ops server listening" and r.get("port") == metrics_port
                for r in records)
     assert all({"timestamp", "level", "event"} <= set(r) for r in records)
