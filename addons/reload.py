@@ -54,6 +54,7 @@ class RulesWatcher:
         self.on_reload = on_reload
         self._task: asyncio.Task | None = None
         self._signature: Signature | None = None
+        self.last_issues: list = []  # the issues of the last refused reload, [] once a reload succeeds
 
     def start(self) -> None:
         """Start polling (call from a running loop). The rules in force match the files now."""
@@ -90,12 +91,14 @@ class RulesWatcher:
         try:
             rules = await asyncio.to_thread(load_rules, self.rules_dir, self.settings)
         except ConfigError as exc:
+            self.last_issues = list(exc.issues)
             metrics.RULES_RELOADS.labels("refused").inc()
             for issue in exc.issues:
                 log.error("rules.reload_refused", issue=str(issue), file=issue.file, line=issue.line)
             log.warning("rules.kept_last_good", rules_dir=str(self.rules_dir), errors=len(exc.issues))
             return False
         self.router.rules = rules  # one reference assignment: atomic for every reader
+        self.last_issues = []
         metrics.RULES_RELOADS.labels("ok").inc()
         log.info("rules.reloaded", rules_dir=str(self.rules_dir), summary=rules.summary())
         if self.on_reload is not None:

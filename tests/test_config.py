@@ -1,0 +1,177 @@
+"""gateway.yaml -> Settings and rules/*.yaml -> RuleSet: defaults, sections, ${ENV}, paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from addons import model
+from addons.config import ConfigError, Issue, Settings, expand_env, load_rules, load_settings
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_gives_the_documented_defaults(tmp_path):
+    s = load_settings(write(tmp_path / "gateway.yaml", "# nothing\n"), env={})
+    assert s == Settings(config_path=tmp_path / "gateway.yaml", rules_dir=tmp_path / "rules",
+                         data_dir=tmp_path / "data", sqlite_path=tmp_path / "data" / "outbox.db")
+    assert (s.listen_host, s.listen_port, s.upstream) == ("0.0.0.0", 8080, "http://127.0.0.1:3000")
+    assert (s.storage_backend, s.metrics_port, s.web_port, s.max_flows) == ("sqlite", 9090, 8081, 2000)
+    assert s.retry_schedule == model.DEFAULT_RETRY_SCHEDULE and s.default_timeout_ms == 10_000
+    assert s.observer_email_env == "WHAZING_OBSERVER_EMAIL" and s.web_password is None
+
+
+def test_every_section_maps_to_its_field(tmp_path):
+    s = load_settings(write(tmp_path / "conf" / "gateway.yaml", """
+listen: {host: 127.0.0.1, port: 9000}
+upstream: https://whazing.internal:3000
+rules_dir: /etc/wgw/rules
+rules_reload_s: 500ms
+data_dir: state
+storage:
+  backend: redis
+  sqlite: {path: other.db}
+  redis: {url: "redis://127.0.0.1:6379/2", prefix: gw1, spool_max: 50}
+observer: {enabled: false, email_env: OBS_MAIL, password_env: OBS_PASS}
+log: {format: json, level: debug}
+metrics: {host: 0.0.0.0, port: 0}
+web: {host: 0.0.0.0, port: 8181, password: "${WEB_PW}"}
+proxy: {stream_large_bodies: 2m, inspect_max_bytes: 512k, max_flows: 10}
+delivery: {per_ticket_order: false, retry_schedule: [0, 30s, 5m, 1h], timeout_ms: 3000}
+"""), env={"WEB_PW": "s3cret"})
+    base = tmp_path / "conf"
+    assert s.listen_host == "127.0.0.1" and s.listen_port == 9000
+    assert s.upstream == "https://whazing.internal:3000"
+    assert s.rules_dir == Path("/etc/wgw/rules") and s.rules_reload_s == 0.5
+    assert s.data_dir == base / "state" and s.sqlite_path == base / "other.db"
+    assert (s.storage_backend, s.redis_url, s.redis_prefix, s.spool_max) == ("redis", "redis://127.0.0.1:6379/2", "gw1", 50)
+    assert (s.observer_enabled, s.observer_email_env, s.observer_password_env) == (False, "OBS_MAIL", "OBS_PASS")
+    assert (s.log_format, s.log_level) == ("json", "debug")
+    assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 0)
+    assert (s.web_host, s.web_port, s.web_password) == ("0.0.0.0", 8181, "s3cret")
+    assert (s.stream_large_bodies, s.inspect_max_bytes, s.max_flows) == ("2m", 512 * 1024, 10)
+    assert s.per_ticket_order is False and s.retry_schedule == (0, 30, 300, 3600) and s.default_timeout_ms == 3000
+
+
+def test_env_references_are_typed_after_expansion(tmp_path):
+    text = "listen: {port: '${WGW_PORT:-8181}'}\nobserver: {enabled: '${OBS:-false}'}\nupstream: http://$${x}\n"
+    s = load_settings(write(tmp_path / "g.yaml", text), env={})
+    assert s.listen_port == 8181 and s.observer_enabled is False and s.upstream == "http://${x}"
+    assert load_settings(tmp_path / "g.yaml", env={"WGW_PORT": "9999"}).listen_port == 9999
+
+
+def test_expand_env():
+    env = {"A": "1", "E": ""}
+    assert expand_env("x${A}y", env) == ("x1y", [])
+    assert expand_env("${B:-dflt}/${E:-e}/${E}", env) == ("dflt/e/", [])
+    assert expand_env("${B}${C}", env) == ("", ["B", "C"])
+    assert expand_env("$${A}", env) == ("${A}", [])
+
+
+def test_errors_carry_file_and_line(tmp_path):
+    path = write(tmp_path / "gateway.yaml", "listen:\n  port: 0\nobserver:\n  password: hunter2\nwebb: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    assert [str(i) for i in err.value.issues] == [
+        f"{path}:2: 'port' must be between 1 and 65535, got 0",
+        f"{path}:4: credentials are never written in gateway.yaml: put them in the environment variable "
+        "named by 'password_env'",
+        f"{path}:5: unknown key 'webb' in gateway.yaml, did you mean 'web'?",
+    ]
+    assert err.value.issues[0] == Issue(str(path), 2, "'port' must be between 1 and 65535, got 0")
+
+
+def test_yaml_syntax_error_line(tmp_path):
+    path = write(tmp_path / "gateway.yaml", "listen:\n  port: 1\n  host: [a\nupstream: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    [issue] = err.value.issues
+    assert issue.line == 4 and issue.message.startswith("YAML syntax error: ")
+
+
+def test_redis_backend_needs_url(tmp_path):
+    path = write(tmp_path / "gateway.yaml", "storage:\n  backend: redis\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    assert [str(i) for i in err.value.issues] == [f"{path}:2: storage.redis.url is required when storage.backend is redis"]
+
+
+def test_targets_take_defaults_from_settings_and_secrets_from_env(tmp_path):
+    write(tmp_path / "rules" / "t.yaml", """
+targets:
+  - name: a
+    url: http://127.0.0.1:5678/webhook/a
+    api_key: ${KEY}
+    secrets: ["${S1:-}", "${S2}", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+    headers: {X-Team: support, X-Num: 3, X-Flag: true}
+  - name: b
+    url: https://hooks.example/b
+    timeout_ms: 2500
+    concurrency: 1
+    rate_per_s: 2.5
+    format: envelope
+    kind: generic
+    retry_schedule: [0, 1m]
+""")
+    settings = Settings(retry_schedule=(1, 2), default_timeout_ms=7000)
+    rules = load_rules(tmp_path / "rules", settings, env={"KEY": "k1", "S2": "whsec_c2VjcmV0"})
+    a, b = rules.targets["a"], rules.targets["b"]
+    assert a == model.Target(name="a", url="http://127.0.0.1:5678/webhook/a", api_key="k1",
+                             secrets=("whsec_c2VjcmV0", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                             headers={"X-Team": "support", "X-Num": "3", "X-Flag": "true"},
+                             timeout_ms=7000, retry_schedule=(1, 2))
+    assert b == model.Target(name="b", url="https://hooks.example/b", timeout_ms=2500, concurrency=1,
+                             rate_per_s=2.5, format="envelope", kind="generic", retry_schedule=(0, 60))
+
+
+def test_optional_api_key_unset_is_none(tmp_path):
+    write(tmp_path / "rules" / "t.yaml", "targets:\n  - {name: a, url: 'http://x', api_key: '${NOPE:-}'}\n")
+    assert load_rules(tmp_path / "rules", env={}).targets["a"].api_key is None
+
+
+def test_rules_across_files_and_event_aliases(tmp_path):
+    write(tmp_path / "rules" / "1.yml", "targets:\n  - {name: t, url: 'http://x'}\n")
+    write(tmp_path / "rules" / "2.yaml", """
+channels:
+  - channel: [1, Vendas]
+    targets: [t, t]
+    events: [received, sent, NewTicket, TransferTicket, closed, reopened, accepted]
+queues:
+  - queue: "*"
+    targets: t
+    events: all
+    start_on_transfer: true
+    match: {tenant: 1, tags: [VIP, 7]}
+""")
+    write(tmp_path / "rules" / "notes.txt", "not yaml: ignored")
+    rules = load_rules(tmp_path / "rules", env={})
+    [ch] = rules.channel_rules
+    [q] = rules.queue_rules
+    assert ch.channels == (1, "Vendas") and ch.targets == ("t",)
+    assert ch.events == frozenset(model.EVENT_TYPES)
+    assert q.events == model.MESSAGE_EVENTS and q.start_on_transfer is True
+    assert q.match.tenants == frozenset({"1"}) and q.match.tags == frozenset({"vip", "7"})
+    assert ch.source == f"{tmp_path / 'rules' / '2.yaml'}:3"
+    assert [p.name for p in rules.files] == ["1.yml", "2.yaml"]
+    assert rules.summary() == "1 targets, 1 channel rules, 1 queue rules"
+
+
+def test_queue_events_default_to_both_messages_and_channel_events_are_required(tmp_path):
+    write(tmp_path / "rules" / "r.yaml", "targets: [{name: t, url: 'http://x'}]\nqueues: [{queue: 3, targets: t}]\n"
+                                         "channels: [{channel: 1, targets: t}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_rules(tmp_path / "rules", env={})
+    assert [i.message for i in err.value.issues] == ["missing required key 'events' in channel rule"]
+    write(tmp_path / "rules" / "r.yaml", "targets: [{name: t, url: 'http://x'}]\nqueues: [{queue: 3, targets: t}]\n")
+    assert load_rules(tmp_path / "rules", env={}).queue_rules[0].events == model.MESSAGE_EVENTS
+
+
+def test_empty_rules_folder_is_valid(tmp_path):
+    (tmp_path / "rules").mkdir()
+    rules = load_rules(tmp_path / "rules", env={})
+    assert rules.targets == {} and rules.channel_rules == () and rules.queue_rules == ()
