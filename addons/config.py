@@ -12,8 +12,6 @@ webhooks without their key; hot reload refuses such a rules file and keeps the l
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import os
 import re
@@ -26,6 +24,7 @@ import yaml
 
 from addons import model
 from addons.rules import ChannelRule, Match, QueueRule, RuleSet
+from addons.signing import secret_key
 
 __all__ = [
     "ConfigError",
@@ -722,12 +721,11 @@ def _target(sec: _Section, settings: Settings) -> model.Target | None:
     for secret, line in zip(*(secrets_got or ([], []))):
         if not secret:
             continue  # "${VAR:-}" unset: no signing with it
-        if secret.startswith("whsec_"):
-            try:
-                base64.b64decode(secret[6:], validate=True)
-            except (binascii.Error, ValueError):
-                sec.r.error(line, "a 'whsec_' secret must be followed by base64")
-                continue
+        try:
+            secret_key(secret)  # the sender's own check: fail here, not at the first delivery
+        except ValueError:
+            sec.r.error(line, "a secret must be base64, usually with the 'whsec_' prefix (whsec_<base64>)")
+            continue
         secrets.append(secret)
     headers_raw = sec.get("headers", "map?", None)
     headers: dict[str, str] = {}

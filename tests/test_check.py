@@ -27,7 +27,7 @@ rules/10-targets.yaml:5: 'timeout_ms' must be an integer, got string 'fast'
 rules/10-targets.yaml:6: duplicate target name 'n8n' (first defined at rules/10-targets.yaml:2)
 rules/10-targets.yaml:9: 'url' must be an http or https URL, got 'ftp://crm.example'
 rules/10-targets.yaml:10: 'format' must be one of whazing, envelope, got 'xml'
-rules/10-targets.yaml:11: a 'whsec_' secret must be followed by base64
+rules/10-targets.yaml:11: a secret must be base64, usually with the 'whsec_' prefix (whsec_<base64>)
 rules/10-targets.yaml:12: missing required key 'name' in target
 rules/20-channels.yaml:3: unknown target 'n8m', did you mean 'n8n'?
 rules/20-channels.yaml:4: unknown key 'evnts' in channel rule, did you mean 'events'?
