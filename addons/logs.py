@@ -12,6 +12,7 @@ It runs on every log line, never on the traffic path: the hot path logs nothing 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -96,11 +97,19 @@ _STRING_PATTERNS: list[tuple[re.Pattern[str], Any]] = [
     # Standard Webhooks signing secrets.
     (re.compile(r"whsec_[A-Za-z0-9+/=_-]+"), lambda m: "whsec_" + MASK),
 ]
-# Cheap pre-check: a string with none of these substrings cannot match any pattern above.
-_HINT = re.compile(
-    r"eyJ|whsec_|bearer|basic|token|authoriz|passw|passwd|secret|api[_-]?key|apikey|cookie|jwt",
-    re.IGNORECASE,
-)
+# Cheap pre-check: a string containing none of these (lower-cased) cannot match any pattern
+# above. Plain substring tests: several times faster than one case-insensitive regex.
+_HINTS = ("eyj", "whsec_", "bearer", "basic", "token", "authoriz", "passw", "secret", "apikey",
+          "api_key", "api-key", "cookie", "jwt")
+
+
+def _may_hold_secret(text: str) -> bool:
+    low = text.lower()
+    for hint in _HINTS:
+        if hint in low:
+            return True
+    return False
+
 
 _lock = threading.Lock()
 _registered: set[str] = set()
@@ -138,8 +147,11 @@ def clear_registered_secrets() -> None:
 
 def is_secret_key(key: object) -> bool:
     """True for a mapping key that names a secret (authorization, x-n8n-api-key, db_password...)."""
-    if not isinstance(key, str):
-        return False
+    return isinstance(key, str) and _secret_key(key)
+
+
+@functools.lru_cache(maxsize=4096)  # log keys are a small, repeating set
+def _secret_key(key: str) -> bool:
     k = key.lower().replace("-", "").replace("_", "")
     if k in _NOT_SECRET:
         return False
@@ -151,7 +163,7 @@ def redact_text(text: str) -> str:
     reg = _registered_re
     if reg is not None:
         text = reg.sub(MASK, text)
-    if _HINT.search(text) is None:
+    if not _may_hold_secret(text):
         return text
     for pattern, repl in _STRING_PATTERNS:
         text = pattern.sub(repl, text)
