@@ -107,3 +107,8 @@ OBSERVER_CONNECTED = Gauge(
     "1 while the gateway's own socket.io observer is connected",
     registry=REGISTRY,
 )
+SPOOL_SIZE = Gauge(
+    "whazing_gateway_spool_size",
+    "Deliveries waiting in the local spool for Redis to come back (Redis backend)",
+    registry=REGISTRY,
+)

@@ -23,7 +23,7 @@ async def wait_for(cond, timeout_s: float = 20.0, step: float = 0.05):
 
 
 async def test_values_round_trip_as_json(redis_server):
-    s = RedisState(make_client(redis_server.url), prefix="t1:")
+    s = RedisState(make_client(redis_server.url), prefix="t1")
     assert await s.get("ticket:1") is None
     value = {"status": "open", "queueId": 3, "userId": None, "tags": ["a", "b"]}
     await s.set("ticket:1", value)
@@ -36,22 +36,22 @@ async def test_values_round_trip_as_json(redis_server):
 
 async def test_add_once_is_shared_between_two_stores(redis_server):
     """Two replicas (two clients) seeing the same event id: exactly one wins."""
-    a = RedisState(make_client(redis_server.url), prefix="p:")
-    b = RedisState(make_client(redis_server.url), prefix="p:")
+    a = RedisState(make_client(redis_server.url), prefix="p")
+    b = RedisState(make_client(redis_server.url), prefix="p")
     ids = [f"evt_{i}" for i in range(200)]
     results = await asyncio.gather(*(s.add_once(i, ttl_s=60) for i in ids for s in (a, b)))
     assert sum(results) == len(ids)
     # And a third time, later, still a duplicate.
     assert not await a.add_once("evt_7", ttl_s=60)
     # Different prefixes do not collide (two deployments on one Redis).
-    c = RedisState(make_client(redis_server.url), prefix="other:")
+    c = RedisState(make_client(redis_server.url), prefix="other")
     assert await c.add_once("evt_7", ttl_s=60)
     for s in (a, b, c):
         await s.close()
 
 
 async def test_ttl_expires_keys(redis_server):
-    s = RedisState(make_client(redis_server.url), prefix="ttl:")
+    s = RedisState(make_client(redis_server.url), prefix="ttl")
     assert await s.add_once("k", ttl_s=0.2)
     await s.set("v", {"x": 1}, ttl_s=0.2)
     client = make_client(redis_server.url)
@@ -68,7 +68,7 @@ async def test_ttl_expires_keys(redis_server):
 
 
 async def test_falls_back_to_memory_when_redis_is_down_and_recovers(redis_server):
-    s = RedisState(make_client(redis_server.url, timeout_s=1.0), prefix="fb:", retry_s=0.1)
+    s = RedisState(make_client(redis_server.url, timeout_s=1.0), prefix="fb", retry_s=0.1)
     await s.set("ticket:9", {"status": "pending"})
     assert await s.add_once("seen-before", ttl_s=60)
 

@@ -1,0 +1,365 @@
+"""RedisOutbox against a real redis-server: the outbox contract, shared by replicas, and the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from addons import metrics, model
+from addons.outbox import OutboxError, OutboxFilter, open_outbox
+from addons.outbox.base import DEAD, DELIVERED, PENDING, Attempt, TargetPause
+from addons.outbox.redis_backend import RedisOutbox
+
+try:
+    from tests.redis_server import redis_server, redis_server_aof  # noqa: F401  (fixtures)
+except ImportError:
+    from redis_server import redis_server, redis_server_aof  # noqa: F401
+
+
+def d(i: int, target: str = "t1", order_key: str | None = None, etype: str = model.TICKET_CREATED,
+      created_at: float | None = None) -> model.Delivery:
+    return model.Delivery(
+        id=f"msg_{target}_{i}", target=target, event_id=f"evt_{i}", event_type=etype, order_key=order_key,
+        body=f'{{"i":{i}}}'.encode(), created_at=time.time() if created_at is None else created_at,
+        ticket_id=i,
+    )
+
+
+def ok(at: float | None = None) -> Attempt:
+    return Attempt(at=at or time.time(), status_code=200, latency_ms=1.5)
+
+
+async def wait_for(cond, timeout_s: float = 30.0, step: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await cond():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"{what} not met within {timeout_s}s")
+
+
+@pytest.fixture
+async def outbox(redis_server, tmp_path):
+    ob = RedisOutbox(redis_server.url, "t", spool_path=tmp_path / "spool.db")
+    await ob.open()
+    yield ob
+    await ob.close()
+
+
+def dropped() -> float:
+    return metrics.REGISTRY.get_sample_value("whazing_gateway_spool_dropped_total") or 0.0
+
+
+# ---- the contract (same expectations as the SQLite engine) ---------------------------------------
+
+
+async def test_put_is_durable_idempotent_and_round_trips(outbox, redis_server):
+    await outbox.put([d(1), d(2)])
+    await outbox.put([d(1)])  # the same delivery again (a second replica saw the same event)
+    other = RedisOutbox(redis_server.url, "t")  # another replica
+    await other.open()
+    try:
+        assert await other.pending_count() == 2
+        item, attempts = await other.get("msg_t1_1")
+        assert item.body == b'{"i":1}' and item.status == PENDING and attempts == []
+        assert item.delivery == d(1, created_at=item.created_at)
+        assert await other.get("nope") is None
+        # None fields stay None
+        await other.put([model.Delivery("x", "t9", "e", model.MESSAGE_SENT, None, b"\x00\xffbin", 1.5)])
+        x, _ = await outbox.get("x")
+        assert x.order_key is None and x.ticket_id is None and x.delivery.flow_id is None and x.body == b"\x00\xffbin"
+    finally:
+        await other.close()
+
+
+async def test_claim_leases_and_record(outbox):
+    await outbox.put([d(1), d(2), d(3)])
+    now = time.time()
+    first = await outbox.claim(now, 2, lease_s=30)
+    assert [i.id for i in first] == ["msg_t1_1", "msg_t1_2"]
+    assert all(i.lease_until == pytest.approx(now + 30) for i in first)
+    assert [i.id for i in await outbox.claim(now, 10)] == ["msg_t1_3"]
+    assert await outbox.claim(now, 10) == []
+    again = await outbox.claim(now + 31, 10)  # expired leases: claimable again
+    assert {i.id for i in again} == {"msg_t1_1", "msg_t1_2"}
+
+    await outbox.record_attempt("msg_t1_1", ok(), "delivered", None)
+    await outbox.record_attempt("msg_t1_2", Attempt(now, 503, 10.0, "HTTP 503"), "retry", now + 100)
+    await outbox.record_attempt("msg_t1_3", Attempt(now, 400, 3.0, None), "dead", None)
+    await outbox.record_attempt("nope", ok(), "delivered", None)  # unknown: ignored
+    assert await outbox.pending_count() == 1
+    assert await outbox.claim(now + 99, 10) == []
+    (item,) = await outbox.claim(now + 100, 10)
+    assert item.id == "msg_t1_2" and item.attempts == 1 and item.round_attempts == 1
+    assert item.last_error == "HTTP 503" and item.last_status == 503
+    got, attempts = await outbox.get("msg_t1_3")
+    assert got.status == DEAD and got.last_error == "HTTP 400" and [a.status_code for a in attempts] == [400]
+    delivered, _ = await outbox.get("msg_t1_1")
+    assert delivered.status == DELIVERED and delivered.lease_until is None and delivered.last_error is None
+
+
+async def test_ordered_claim_returns_only_heads_and_a_failing_ticket_holds_only_itself(outbox):
+    await outbox.put([d(1, order_key="A"), d(2, order_key="A"), d(3, order_key="B"),
+                      d(4, order_key="A"), d(5, order_key="B"), d(6)])
+    now = time.time()
+    heads = await outbox.claim(now, 10)
+    assert [i.id for i in heads] == ["msg_t1_1", "msg_t1_3", "msg_t1_6"]
+    assert await outbox.claim(now, 10) == []
+    await outbox.record_attempt("msg_t1_1", Attempt(now, 500, 1.0), "retry", now + 60)
+    await outbox.record_attempt("msg_t1_3", ok(), "delivered", None)
+    assert [i.id for i in await outbox.claim(now, 10)] == ["msg_t1_5"]
+    await outbox.release(["msg_t1_5"])
+    (a_head,) = [i for i in await outbox.claim(now + 61, 10) if i.order_key == "A"]
+    assert a_head.id == "msg_t1_1"
+    await outbox.record_attempt("msg_t1_1", Attempt(now, 500, 1.0), "dead", None)
+    assert [i.id for i in await outbox.claim(now + 200, 10) if i.order_key == "A"] == ["msg_t1_2"]
+
+
+async def test_same_order_key_on_two_targets_is_independent_and_unordered_mode(outbox):
+    await outbox.put([d(1, "t1", "A"), d(2, "t1", "A"), d(3, "t2", "A")])
+    now = time.time()
+    assert {i.id for i in await outbox.claim(now, 10, lease_s=5)} == {"msg_t1_1", "msg_t2_3"}
+    assert {i.id for i in await outbox.claim(now + 6, 10, ordered=False)} == {"msg_t1_1", "msg_t1_2", "msg_t2_3"}
+
+
+async def test_claim_respects_per_target_capacity(outbox):
+    await outbox.put([d(i, "t1") for i in range(5)] + [d(i, "t2") for i in range(5)] + [d(9, "t3")])
+    items = await outbox.claim(time.time(), 100, targets={"t1": 2, "t2": 0, "t3": 1})
+    assert sorted(i.id for i in items) == ["msg_t1_0", "msg_t1_1", "msg_t3_9"]
+    assert len(await outbox.claim(time.time(), 1, targets={"t1": 5, "t2": 5})) == 1
+    assert await outbox.claim(time.time(), 10, targets={"t2": 0}) == []
+
+
+async def test_admin_list_filter_retry_purge(outbox):
+    base = 1_700_000_000.0
+    await outbox.put([
+        d(1, "t1", etype=model.TICKET_CREATED, created_at=base),
+        d(2, "t1", etype=model.MESSAGE_RECEIVED, created_at=base + 10),
+        d(3, "t2", etype=model.MESSAGE_RECEIVED, created_at=base + 20),
+    ])
+    await outbox.claim(time.time(), 10)
+    await outbox.record_attempt("msg_t1_1", ok(), "delivered", None)
+    await outbox.record_attempt("msg_t1_2", Attempt(time.time(), 400, 1.0, "HTTP 400"), "dead", None)
+
+    ids = lambda items: [i.id for i in items]  # noqa: E731
+    assert ids(await outbox.list(OutboxFilter())) == ["msg_t2_3", "msg_t1_2", "msg_t1_1"]
+    assert ids(await outbox.list(OutboxFilter(target="t1"))) == ["msg_t1_2", "msg_t1_1"]
+    assert ids(await outbox.list(OutboxFilter(event_type=model.MESSAGE_RECEIVED, status=DEAD))) == ["msg_t1_2"]
+    assert ids(await outbox.list(OutboxFilter(since=base + 5, until=base + 20))) == ["msg_t1_2"]
+    assert ids(await outbox.list(OutboxFilter(ids=("msg_t1_1", "x")))) == ["msg_t1_1"]
+    assert len(await outbox.list(OutboxFilter(limit=1))) == 1
+
+    assert await outbox.retry(OutboxFilter(status=DEAD), time.time()) == 1
+    item, attempts = await outbox.get("msg_t1_2")
+    assert item.status == PENDING and item.round_attempts == 0 and item.attempts == 1 and len(attempts) == 1
+    assert "msg_t1_2" in ids(await outbox.claim(time.time(), 10))  # really claimable again
+    assert await outbox.purge(OutboxFilter(status=PENDING)) == 0
+    assert await outbox.purge(OutboxFilter(limit=None)) == 1  # only msg_t1_1 (delivered)
+    assert await outbox.get("msg_t1_1") is None
+    assert await outbox.pending_by_target() == {"t1": 1, "t2": 1}
+
+
+async def test_retried_dead_letter_goes_back_in_its_tickets_order(outbox):
+    """A dead head re-queued by the admin goes before the later deliveries of its ticket."""
+    await outbox.put([d(1, order_key="A"), d(2, order_key="A"), d(3, order_key="A")])
+    now = time.time()
+    (head,) = await outbox.claim(now, 10)
+    await outbox.record_attempt(head.id, Attempt(now, 400, 1.0), "dead", None)
+    assert [i.id for i in await outbox.claim(now, 10, lease_s=1)] == ["msg_t1_2"]
+    await outbox.release(["msg_t1_2"])
+    assert await outbox.retry(OutboxFilter(ids=("msg_t1_1",)), now) == 1
+    order = []
+    for _ in range(3):
+        (item,) = await outbox.claim(time.time(), 10)
+        order.append(item.id)
+        await outbox.record_attempt(item.id, ok(), "delivered", None)
+    assert order == ["msg_t1_1", "msg_t1_2", "msg_t1_3"]
+    assert await outbox.pending_count() == 0
+
+
+async def test_target_pauses_are_shared(outbox, redis_server):
+    await outbox.pause_target(TargetPause("t1", "http://x/hook", "410 Gone", 5.0))
+    other = RedisOutbox(redis_server.url, "t")
+    await other.open()
+    try:
+        assert (await other.paused_targets())["t1"] == TargetPause("t1", "http://x/hook", "410 Gone", 5.0)
+        assert await other.resume_target("t1") is True
+        assert await outbox.resume_target("t1") is False
+        assert await outbox.paused_targets() == {}
+    finally:
+        await other.close()
+
+
+async def test_prefixes_isolate_deployments(outbox, redis_server):
+    await outbox.put([d(1)])
+    other = RedisOutbox(redis_server.url, "someone-else")
+    await other.open()
+    try:
+        assert await other.pending_count() == 0 and await other.claim(time.time(), 10) == []
+    finally:
+        await other.close()
+
+
+async def test_open_outbox_factory_selects_redis(redis_server):
+    class S:
+        storage_backend = "redis"
+        redis_url = redis_server.url
+        redis_prefix = "fac"
+        spool_max = 7
+
+    ob = open_outbox(S())
+    assert isinstance(ob, RedisOutbox) and ob.spool.max_items == 7
+    async with ob:
+        await ob.put([d(1)])
+        assert await ob.pending_count() == 1
+
+
+# ---- replicas ------------------------------------------------------------------------------------
+
+
+async def test_two_replicas_never_claim_the_same_item_and_keep_ticket_order(redis_server, tmp_path):
+    a = RedisOutbox(redis_server.url, "r", replica_id="a")
+    b = RedisOutbox(redis_server.url, "r", replica_id="b")
+    await a.open()
+    await b.open()
+    try:
+        deliveries = [d(i, order_key=f"tk{i % 7}") for i in range(140)]
+        for i, delivery in enumerate(deliveries):  # accepted alternately by the two replicas
+            await (a if i % 2 else b).put([delivery])
+        await asyncio.gather(a.put(deliveries), b.put(deliveries))  # both saw everything: no copies
+        seen: list[tuple[str, str]] = []
+        inflight: dict[str, str] = {}
+
+        async def worker(ob: RedisOutbox, name: str):
+            while True:
+                items = await ob.claim(time.time(), 5, lease_s=60)
+                if not items:
+                    if await ob.pending_count() == 0:
+                        return
+                    await asyncio.sleep(0.01)
+                    continue
+                for item in items:
+                    assert item.order_key not in inflight, "two deliveries of one ticket in flight"
+                    inflight[item.order_key] = item.id
+                for item in items:
+                    await asyncio.sleep(0)
+                    seen.append((name, item.id))
+                    del inflight[item.order_key]
+                    await ob.record_attempt(item.id, ok(), "delivered", None)
+
+        await asyncio.wait_for(asyncio.gather(worker(a, "a"), worker(b, "b")), 60)
+        ids = [i for _, i in seen]
+        assert sorted(ids) == sorted(x.id for x in deliveries)  # each exactly once
+        assert {n for n, _ in seen} == {"a", "b"}  # both replicas worked
+        for k in range(7):  # per-ticket order across replicas
+            mine = [i for i in ids if int(i.rsplit("_", 1)[1]) % 7 == k]
+            assert mine == sorted(mine, key=lambda i: int(i.rsplit("_", 1)[1]))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_dead_replicas_leases_are_taken_over_after_its_heartbeat(redis_server):
+    dead = RedisOutbox(redis_server.url, "hb", replica_id="dead", heartbeat_s=0.2, heartbeat_ttl_s=1.0)
+    await dead.open()
+    await dead.put([d(1, order_key="A"), d(2, order_key="A"), d(3)])
+    assert len(await dead.claim(time.time(), 10, lease_s=3600)) == 2
+    for task in dead._tasks:  # simulate kill -9: the heartbeat stops, nothing is released
+        task.cancel()
+    alive = RedisOutbox(redis_server.url, "hb", replica_id="alive", heartbeat_s=0.2, heartbeat_ttl_s=1.0)
+    await alive.open()
+    try:
+        assert await alive.claim(time.time(), 10) == []  # leased for an hour by a live-looking replica
+        got: list[str] = []
+
+        async def taken_over():
+            got.extend(i.id for i in await alive.claim(time.time(), 10))
+            return len(got) == 2
+
+        await wait_for(taken_over, what="takeover")
+        assert sorted(got) == ["msg_t1_1", "msg_t1_3"]
+    finally:
+        await alive.close()
+        dead._opened = False
+        await dead.client.aclose()
+
+
+async def test_clean_close_hands_leases_over_at_once(redis_server):
+    a = RedisOutbox(redis_server.url, "cc", replica_id="a")
+    b = RedisOutbox(redis_server.url, "cc", replica_id="b")
+    await a.open()
+    await b.open()
+    await a.put([d(1)])
+    assert len(await a.claim(time.time(), 10, lease_s=3600)) == 1
+    await a.close()
+    try:
+        assert [i.id for i in await b.claim(time.time(), 10)] == ["msg_t1_1"]
+    finally:
+        await b.close()
+
+
+# ---- Redis down: spool ---------------------------------------------------------------------------
+
+
+async def test_redis_down_spools_and_flushes_in_order_when_back(redis_server_aof, tmp_path):
+    ob = RedisOutbox(redis_server_aof.url, "sp", spool_path=tmp_path / "spool.db", flush_interval_s=0.1,
+                     timeout_s=1.0)
+    await ob.open()
+    try:
+        await ob.put([d(0, order_key="A")])
+        redis_server_aof.stop()
+        t0 = time.monotonic()
+        for i in range(1, 40):
+            await ob.put([d(i, order_key="A")])  # never raises
+        assert time.monotonic() - t0 < 20  # only the first put waits on the dead Redis
+        assert ob.spooled == 39 and not ob.redis_up and ob.healthy
+        assert "spooling" in (ob.last_error or "")
+        with pytest.raises(OutboxError):
+            await ob.claim(time.time(), 10)
+
+        redis_server_aof.start()  # with its append-only file: d(0) is still there
+
+        async def flushed():
+            return ob.spooled == 0 and ob.redis_up
+
+        await wait_for(flushed, what="spool flush")
+        await ob.put([d(40, order_key="A")])  # direct again
+        order = []
+        while len(order) < 41:
+            items = await ob.claim(time.time(), 10)
+            assert len(items) <= 1  # one ticket: one at a time
+            for item in items:
+                order.append(item.id)
+                await ob.record_attempt(item.id, ok(), "delivered", None)
+        assert order == [f"msg_t1_{i}" for i in range(41)]
+    finally:
+        await ob.close()
+
+
+async def test_spool_overflow_is_counted_logged_and_survives_restart(redis_server, tmp_path, capsys):
+    spool = tmp_path / "spool.db"
+    ob = RedisOutbox(redis_server.url, "ov", 5, spool_path=spool, flush_interval_s=0.1, timeout_s=1.0)
+    await ob.open()
+    redis_server.stop()
+    before = dropped()
+    await ob.put([d(i) for i in range(3)])
+    await ob.put([d(i) for i in range(3, 8)])
+    assert ob.spooled == 5
+    assert dropped() == before + 3
+    assert ob.healthy is False and "dropped" in (ob.last_error or "")
+    assert "outbox.spool_overflow_dropped" in capsys.readouterr().out
+    await ob.close()  # the spool stays on disk
+
+    redis_server.start()
+    again = RedisOutbox(redis_server.url, "ov", 5, spool_path=spool, flush_interval_s=0.1)
+    await again.open()
+    try:
+        async def flushed():
+            return again.spooled == 0 and await again.pending_count() == 5
+
+        await wait_for(flushed, what="flush of the previous run's spool")
+        assert sorted(i.id for i in await again.claim(time.time(), 10)) == [f"msg_t1_{i}" for i in range(5)]
+    finally:
+        await again.close()
