@@ -202,15 +202,17 @@ async def test_prefixes_isolate_deployments(outbox, redis_server):
         await other.close()
 
 
-async def test_open_outbox_factory_selects_redis(redis_server):
+async def test_open_outbox_factory_selects_redis(redis_server, tmp_path):
     class S:
         storage_backend = "redis"
         redis_url = redis_server.url
         redis_prefix = "fac"
         spool_max = 7
+        data_dir = tmp_path / "data"
 
     ob = open_outbox(S())
     assert isinstance(ob, RedisOutbox) and ob.spool.max_items == 7
+    assert ob.spool.path == str(tmp_path / "data" / "redis-spool.db")
     async with ob:
         await ob.put([d(1)])
         assert await ob.pending_count() == 1

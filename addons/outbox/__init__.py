@@ -56,5 +56,7 @@ def open_outbox(settings: Any) -> Outbox:
             value = getattr(settings, name, None)
             if value is not None:
                 kwargs[name] = value
+        # The spool (deliveries waiting while Redis is down) lives beside the data: it survives a crash.
+        kwargs["spool_path"] = os.path.join(os.fspath(getattr(settings, "data_dir", None) or "."), "redis-spool.db")
         return RedisOutbox(**kwargs)
     raise ValueError(f"unknown storage_backend {backend!r} (expected 'sqlite' or 'redis')")
