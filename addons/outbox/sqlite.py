@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_at, seq) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_due_by_target ON deliveries (target, next_at, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_heads ON deliveries (target, order_key, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -313,8 +314,10 @@ class SqliteOutbox(Outbox):
     ) -> list[OutboxItem]:
         if limit <= 0:
             return []
+        # INDEXED BY: walk due items in due order and stop at `limit`; left to itself the planner
+        # may pick the heads index and sort the whole backlog on every claim.
         base = (
-            f"SELECT {_COLUMNS}, seq FROM deliveries d"
+            f"SELECT {_COLUMNS}, seq FROM deliveries d INDEXED BY {{index}}"
             " WHERE d.status = 'pending' AND d.next_at <= :now"
             " AND (d.lease_until IS NULL OR d.lease_until <= :now)"
         )
@@ -326,10 +329,10 @@ class SqliteOutbox(Outbox):
             )
         order = " ORDER BY d.next_at, d.seq LIMIT :limit"
         if targets is None:
-            queries = [(base + order, {"now": now, "limit": limit})]
+            queries = [(base.format(index="deliveries_due") + order, {"now": now, "limit": limit})]
         else:
             queries = [
-                (base + " AND d.target = :target" + order,
+                (base.format(index="deliveries_due_by_target") + " AND d.target = :target" + order,
                  {"now": now, "limit": min(cap, limit), "target": name})
                 for name, cap in targets.items() if cap > 0
             ]
