@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from addons.standin import auth, services
-from addons.standin.server import Standin, dumps
+from addons.standin.server import STANDIN_KEY, Standin, dumps
 from addons.standin.services import ServiceError
 from addons.standin.store import (
     contact_json,
@@ -51,7 +51,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def standin_of(request: web.Request) -> Standin:
-    return request.app["standin"]
+    return request.app[STANDIN_KEY]
 
 
 def principal(request: web.Request) -> auth.Principal:

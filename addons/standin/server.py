@@ -23,6 +23,7 @@ from addons.standin.store import World, seeded_world
 log = structlog.get_logger(__name__)
 
 QUIRK_ERROR = {"message": "authentication error"}
+STANDIN_KEY: web.AppKey["Standin"] = web.AppKey("standin")
 
 
 class _NodeJson:
@@ -146,7 +147,7 @@ def build_app(standin: Standin) -> web.Application:
     from addons.standin import control, routes
 
     app = web.Application(middlewares=[routes.error_middleware], client_max_size=64 * 1024 * 1024)
-    app["standin"] = standin
+    app[STANDIN_KEY] = standin
     standin.sio.attach(app, socketio_path="socket.io")
     routes.add_routes(app)
     control.add_routes(app)
