@@ -84,9 +84,12 @@ class Standin:
     async def push(self, emits: list[Emit]) -> None:
         """Emit to the tenant rooms, one after the other, logging what went out."""
         for e in emits:
-            payload = e.data.get("payload") or {}
-            log.info("standin.emit", socket_event=e.event, type=e.data.get("type"),
-                     ticket_id=payload.get("ticketId", payload.get("id")), room=e.room)
+            kind, payload = e.data.get("type", ""), e.data.get("payload") or {}
+            ids = ({"contact_id": payload.get("id")} if kind.startswith("contact:")
+                   else {"ticket_id": payload.get("ticketId", payload.get("id")),
+                         "message_id": payload.get("id")} if kind.startswith("chat:")
+                   else {"ticket_id": payload.get("id")})
+            log.info("standin.emit", socket_event=e.event, type=kind, room=e.room, **ids)
             self.emitted.append(e)
             await self.sio.emit(e.event, e.data, room=e.room)
 
