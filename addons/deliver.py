@@ -32,6 +32,7 @@ from addons.signing import signature_header
 log = structlog.get_logger(__name__)
 
 USER_AGENT = f"whazing-gateway/{__version__}"
+MAX_RETRY_AFTER_S = 86400.0  # a receiver cannot park a delivery for longer than a day
 MAX_BODY_READ = 256 * 1024  # we read (and drop) at most this much of a response, to reuse the connection
 
 
@@ -134,7 +135,7 @@ def decide(
     if delay is None:
         return Decision("dead", reason=f"{reason}; retry schedule exhausted", target_failure=True, warning=warning)
     if retry_after is not None:
-        delay = retry_after
+        delay = min(retry_after, MAX_RETRY_AFTER_S)
     return Decision("retry", next_at=now + delay, reason=reason, target_failure=True, warning=warning)
 
 
@@ -195,6 +196,8 @@ class Breaker:
         """Returns True if this (re)opened the breaker."""
         self.failures += 1
         if self.failures < self.threshold:
+            return False
+        if now < self.open_until:  # already open: a straggler sent before it opened
             return False
         self.current_cooldown = (
             self.cooldown_s if not self.current_cooldown else min(self.max_cooldown_s, self.current_cooldown * 2)

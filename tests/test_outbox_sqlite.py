@@ -222,3 +222,34 @@ async def test_open_outbox_factory(tmp_path):
     S.storage_backend = "nope"
     with pytest.raises(ValueError):
         open_outbox(S())
+
+
+async def test_full_disk_fails_loudly_and_recovers_after_purge(tmp_path):
+    ob = SqliteOutbox(tmp_path / "o.db", max_bytes=160 * 1024)  # a tiny disk budget stands for a full disk
+    await ob.open()
+    try:
+        errors_before = metrics.REGISTRY.get_sample_value("whazing_gateway_outbox_errors_total") or 0
+        big = lambda i: model.Delivery(id=f"big_{i}", target="t", event_id=f"e{i}",  # noqa: E731
+                                       event_type=model.MESSAGE_RECEIVED, order_key=None,
+                                       body=b"x" * 8000, created_at=time.time())
+        # some old, delivered deliveries take room (as they do until the retention purge)
+        await ob.put([big(i) for i in range(3)])
+        for item in await ob.claim(time.time(), 100):
+            await ob.record_attempt(item.id, ok(), "delivered", None)
+        accepted = 0
+        with pytest.raises(OutboxError, match="full"):
+            for i in range(3, 100):
+                await ob.put([big(i)])
+                accepted += 1
+        assert 0 < accepted < 97
+        assert ob.healthy is False and "full" in ob.last_error
+        assert metrics.REGISTRY.get_sample_value("whazing_gateway_outbox_errors_total") > errors_before
+        assert await ob.pending_count() == accepted  # what was accepted is intact
+        # room again (the delivered ones purged): writes succeed, health comes back
+        assert await ob.purge(OutboxFilter(limit=None)) == 3
+        await ob.put([model.Delivery(id="small", target="t", event_id="e", event_type="x", order_key=None,
+                                     body=b"{}", created_at=time.time())])
+        assert await ob.pending_count() == accepted + 1
+        assert ob.healthy is True
+    finally:
+        await ob.close()

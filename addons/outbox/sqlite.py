@@ -153,12 +153,14 @@ class SqliteOutbox(Outbox):
         synchronous: str = "FULL",
         busy_timeout_ms: int = 2000,
         max_batch: int = 1000,
+        max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = os.fspath(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
+        self._max_bytes = max_bytes  # a disk budget: past it, puts fail like on a full disk
         self._clock = clock
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -177,6 +179,9 @@ class SqliteOutbox(Outbox):
         if str(mode).lower() != "wal":
             log.warning("outbox.sqlite_not_wal", path=self.path, journal_mode=mode)
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        if self._max_bytes:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(16, int(self._max_bytes) // page_size)}")
         conn.executescript(SCHEMA)
         return conn
 
@@ -207,6 +212,7 @@ class SqliteOutbox(Outbox):
     def _run_batch(self, batch: list[_Op]) -> None:
         results: list[tuple[Any, BaseException | None]] = []
         writes = any(op.write for op in batch)
+        write_error: BaseException | None = None
         try:
             if self._conn is None:
                 self._conn = self._connect()
@@ -217,10 +223,14 @@ class SqliteOutbox(Outbox):
                 conn.execute("SAVEPOINT op")
                 try:
                     result = op.fn(conn)
-                except Exception as exc:  # one bad operation must not sink the batch
+                except Exception as exc:  # one bad operation must not sink the batch...
+                    if not conn.in_transaction:  # ...unless sqlite rolled it all back (full, I/O)
+                        raise
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((None, exc))
+                    if op.write and isinstance(exc, sqlite3.Error):  # disk full, I/O error...
+                        write_error = exc
                 else:
                     conn.execute("RELEASE op")
                     results.append((result, None))
@@ -242,7 +252,11 @@ class SqliteOutbox(Outbox):
         else:
             if writes:
                 self.commits += 1
-                self._succeeded()
+                if write_error is None:
+                    self._succeeded()
+                else:
+                    self._failed(write_error)
+                    log.error("outbox.sqlite_error", path=self.path, error=str(write_error))
         for op, (result, exc) in zip(batch, results):
             if exc is not None and isinstance(exc, sqlite3.Error):
                 wrapped = OutboxError(f"outbox {self.path}: {type(exc).__name__}: {exc}")
