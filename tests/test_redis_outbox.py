@@ -365,3 +365,27 @@ async def test_spool_overflow_is_counted_logged_and_survives_restart(redis_serve
         assert sorted(i.id for i in await again.claim(time.time(), 10)) == [f"msg_t1_{i}" for i in range(5)]
     finally:
         await again.close()
+
+
+async def test_outcome_recorded_while_redis_is_down_is_written_when_it_returns(redis_server_aof):
+    ob = RedisOutbox(redis_server_aof.url, "ur", flush_interval_s=0.1, timeout_s=1.0)
+    await ob.open()
+    try:
+        await ob.put([d(1, order_key="A"), d(2, order_key="A")])
+        (item,) = await ob.claim(time.time(), 10, lease_s=3600)
+        redis_server_aof.stop()
+        await ob.record_attempt(item.id, ok(), "delivered", None)  # the webhook went out: no raise
+        redis_server_aof.start()
+
+        async def recorded():
+            try:
+                got = await ob.get(item.id)
+            except OutboxError:
+                return False
+            return got is not None and got[0].status == DELIVERED
+
+        await wait_for(recorded, what="deferred record")
+        # the ticket is not held back by the hour-long lease: the next one is claimable now
+        assert [i.id for i in await ob.claim(time.time(), 10)] == ["msg_t1_2"]
+    finally:
+        await ob.close()

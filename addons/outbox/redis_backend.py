@@ -537,6 +537,8 @@ class RedisOutbox(Outbox):
         self._opened = False
         self._dropped_logged_at = 0.0
         self._dropped_since_log = 0
+        self._unrecorded: list[list] = []  # record_attempt args waiting for Redis (bounded)
+        self._max_unrecorded = 10_000
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -619,6 +621,9 @@ class RedisOutbox(Outbox):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._unrecorded:
+            log.warning("outbox.closed_with_unrecorded_attempts", count=len(self._unrecorded),
+                        hint="their leases run out and they are sent again (same webhook-id)")
         if self._spooled == 0:
             # A clean exit hands our leases over at once instead of waiting for the heartbeat.
             try:
@@ -717,6 +722,9 @@ class RedisOutbox(Outbox):
                 pass
             self._flush_wake.clear()
             try:
+                while self._unrecorded:
+                    await self._run("record", self._unrecorded[0])
+                    self._unrecorded.pop(0)
                 if self._spooled or self._redis_down:
                     await self._flush()
                 backoff = self._flush_interval_s
@@ -745,7 +753,7 @@ class RedisOutbox(Outbox):
                 await self._put_redis([d for _, d in batch])
                 self._spooled = await asyncio.to_thread(self.spool.remove_through, batch[-1][0])
                 metrics.SPOOL_SIZE.set(self._spooled)
-                log.info("outbox.spool_flushed", count=len(batch), remaining=self._spooled)
+                log.debug("outbox.spool_flushed", count=len(batch), remaining=self._spooled)
 
     # ---- the Sender's side ------------------------------------------------------------------
 
@@ -771,8 +779,20 @@ class RedisOutbox(Outbox):
             last_error = f"HTTP {attempt.status_code}"
         record = json.dumps({"at": attempt.at, "status_code": attempt.status_code,
                              "latency_ms": attempt.latency_ms, "error": attempt.error})
-        await self._call("record", [item_id, status, _arg(None if next_at is None else float(next_at)),
-                                    _arg(last_error), _arg(attempt.status_code), repr(self._clock()), record])
+        args = [item_id, status, _arg(None if next_at is None else float(next_at)),
+                _arg(last_error), _arg(attempt.status_code), repr(self._clock()), record]
+        if not self._opened:
+            raise OutboxError("outbox is not open")
+        try:
+            await self._run("record", args)
+        except RedisError_ as exc:
+            # The webhook went out; keep its outcome and write it when Redis answers again, so
+            # its ticket is not held back (nor the webhook sent twice) until the lease runs out.
+            if len(self._unrecorded) >= self._max_unrecorded:
+                raise self._error(exc) from exc
+            self._unrecorded.append(args)
+            self._went_down(exc)
+            self._flush_wake.set()
 
     async def release(self, item_ids: Sequence[str], next_at: float | None = None) -> None:
         ids = list(item_ids)
