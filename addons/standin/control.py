@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from addons.standin import seed, services
-from addons.standin.routes import _int, body_json, json_response, standin_of
+from addons.standin.routes import body_json, json_response, standin_of
 from addons.standin.store import ticket_json
 
 

@@ -235,23 +235,23 @@ def _media_type(content_type: str) -> str:
 
 
 async def _read_send_form(st: Standin, request: web.Request, file_field: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """JSON or multipart; files are kept in memory and served under /public/."""
+    """JSON or multipart; the `file_field` parts are kept in memory and served under /public/."""
     if not (request.content_type or "").startswith("multipart/"):
         return await body_json(request), []
     fields: dict[str, Any] = {}
     files: list[tuple[str, str]] = []
     reader = await request.multipart()
     async for part in reader:
-        if part.filename:
+        if part.filename and part.name == file_field:
             content = await part.read()
             name = f"{len(st.media) + 1:04d}-{part.filename}"
             ctype = part.headers.get("Content-Type") or mimetypes.guess_type(part.filename)[0] or ""
             st.media[name] = (ctype, bytes(content))
             files.append((name, ctype))
+        elif part.filename:
+            await part.read()  # a file under another field name: not a media of this call
         elif part.name:
             fields[part.name] = await part.text()
-    if file_field not in ("medias", "media"):
-        files = []
     return fields, files
 
 
