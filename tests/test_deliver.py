@@ -135,7 +135,7 @@ async def test_hanging_receiver_times_out_and_is_retried(rig):
 
 @pytest.mark.parametrize("as_date", [False, True])
 async def test_429_honours_retry_after(rig, as_date):
-    retry_after = email.utils.formatdate(time.time() + 2, usegmt=True) if as_date else "1"
+    retry_after = email.utils.formatdate(time.time() + 3, usegmt=True) if as_date else "1"
     async with Receiver(script=[Reply(429, {"Retry-After": retry_after})]) as rx:
         # the schedule alone would wait an hour: Retry-After wins
         rig.target(url=rx.url(), retry_schedule=(0, 3600, 3600))
