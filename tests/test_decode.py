@@ -161,3 +161,13 @@ def test_jwt_claims_are_read_without_trusting_them():
     assert jwt_claims("Bearer " + _jwt({"id": 1, "tenantId": 3})) == {"id": 1, "tenantId": 3}
     assert jwt_claims("Bearer garbage") == {} and jwt_claims(None) == {} and jwt_claims("Basic x") == {}
     assert jwt_claims("Bearer a.!!!.c") == {}
+
+
+def test_gzipped_polling_body():
+    """Engine.IO gzips long-poll answers above 1 KB when the client accepts it."""
+    packets = ['42["1:ticketList",{"type":"chat:create","payload":{"id":"M%d","pad":"%s"}}]' % (i, "x" * 300)
+               for i in range(5)]
+    rec = HttpExchange("p", 5.0, "GET", "/socket.io/", "EIO=4&transport=polling", 200, {}, None,
+                       {"content-type": "text/plain; charset=UTF-8", "content-encoding": "gzip"},
+                       gzip.compress("\x1e".join(packets).encode()))
+    assert [o.payload["id"] for o in decode(rec)] == ["M0", "M1", "M2", "M3", "M4"]

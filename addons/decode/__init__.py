@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addons.decode import routes
-from addons.decode.bodies import BodyError, parse_json
+from addons.decode.bodies import BodyError, decompress, parse_json
 from addons.decode.socketio import (
     EIO_MESSAGE,
     DecodeError,
@@ -121,11 +121,13 @@ def decode_frame(frame: WsFrame) -> list[SocketEvent]:
     return _socket_events_from_text(text, frame.ts, frame.flow_id)
 
 
-def _decode_polling(rec: HttpExchange) -> list[SocketEvent]:
+def _decode_polling(rec: HttpExchange, limit: int) -> list[SocketEvent]:
+    """Server packets of a long-poll answer (Engine.IO compresses big ones with gzip/deflate)."""
     if rec.method != "GET" or rec.status != 200 or not rec.resp_body:
         return []
+    raw = decompress(rec.resp_body, rec.resp_headers.get("content-encoding"), limit)
     try:
-        text = rec.resp_body.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"polling body is not UTF-8: {exc}") from None
     out: list[SocketEvent] = []
@@ -147,7 +149,7 @@ def decode(record: Record, json_limit: int = 1 << 20) -> list[Observation]:
     if route is None:
         return []
     if isinstance(record, HttpExchange) and route.kind == routes.SOCKET_POLLING:
-        return list(_decode_polling(record))
+        return _decode_polling(record, json_limit)
     if route.kind == routes.SOCKET_POLLING:
         return []
     if isinstance(record, HttpRequestSeen):
