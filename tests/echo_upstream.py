@@ -35,8 +35,14 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _headers(request: web.Request) -> web.Response:
+    """The request headers as the upstream received them, in order, repeated names included."""
+    return web.json_response({"headers": [[k, v] for k, v in request.headers.items()]})
+
+
 def build_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/headers", _headers)
     app.router.add_route("*", "/socket.io/", _ws)
     app.router.add_route("*", "/{tail:.*}", _echo)
     return app
