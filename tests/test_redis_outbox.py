@@ -42,7 +42,7 @@ async def wait_for(cond, timeout_s: float = 30.0, step: float = 0.05, what: str 
 
 @pytest.fixture
 async def outbox(redis_server, tmp_path):
-    ob = RedisOutbox(redis_server.url, "t", spool_path=tmp_path / "spool.db")
+    ob = RedisOutbox(redis_server.url, "t", spool_path=tmp_path / "spool.db", reorder_window_s=0)
     await ob.open()
     yield ob
     await ob.close()
@@ -264,7 +264,8 @@ async def test_two_replicas_never_claim_the_same_item_and_keep_ticket_order(redi
 
 
 async def test_dead_replicas_leases_are_taken_over_after_its_heartbeat(redis_server):
-    dead = RedisOutbox(redis_server.url, "hb", replica_id="dead", heartbeat_s=0.2, heartbeat_ttl_s=1.0)
+    dead = RedisOutbox(redis_server.url, "hb", replica_id="dead", heartbeat_s=0.2, heartbeat_ttl_s=1.0,
+                        reorder_window_s=0)
     await dead.open()
     await dead.put([d(1, order_key="A"), d(2, order_key="A"), d(3)])
     assert len(await dead.claim(time.time(), 10, lease_s=3600)) == 2
@@ -368,7 +369,7 @@ async def test_spool_overflow_is_counted_logged_and_survives_restart(redis_serve
 
 
 async def test_outcome_recorded_while_redis_is_down_is_written_when_it_returns(redis_server_aof):
-    ob = RedisOutbox(redis_server_aof.url, "ur", flush_interval_s=0.1, timeout_s=1.0)
+    ob = RedisOutbox(redis_server_aof.url, "ur", flush_interval_s=0.1, timeout_s=1.0, reorder_window_s=0)
     await ob.open()
     try:
         await ob.put([d(1, order_key="A"), d(2, order_key="A")])
@@ -389,3 +390,48 @@ async def test_outcome_recorded_while_redis_is_down_is_written_when_it_returns(r
         assert [i.id for i in await ob.claim(time.time(), 10)] == ["msg_t1_2"]
     finally:
         await ob.close()
+
+
+async def test_ticket_order_follows_event_time_across_replicas(redis_server):
+    """Replica B accepts an event observed earlier than one replica A accepted a moment before:
+    within the reorder window the earlier event still goes first; a started one is never passed."""
+    a = RedisOutbox(redis_server.url, "ro", replica_id="a", reorder_window_s=0.3)
+    b = RedisOutbox(redis_server.url, "ro", replica_id="b", reorder_window_s=0.3)
+    await a.open()
+    await b.open()
+    try:
+        t = time.time()
+        await a.put([d(2, order_key="A", created_at=t + 0.002)])  # message.received seen by A
+        await b.put([d(1, order_key="A", created_at=t + 0.001)])  # ticket.created seen by B
+        assert await a.claim(time.time(), 10) == []  # inside the window: nothing yet
+        order = []
+
+        async def drain():
+            for item in await a.claim(time.time(), 10):
+                order.append(item.id)
+                await a.record_attempt(item.id, ok(), "delivered", None)
+            return len(order) == 2
+
+        await wait_for(drain, what="both delivered")
+        assert order == ["msg_t1_1", "msg_t1_2"]
+
+        # once a delivery is in flight, a late earlier event waits behind it
+        await a.put([d(4, order_key="B", created_at=t + 0.004)])
+        (started,) = await wait_claim(a)
+        await b.put([d(3, order_key="B", created_at=t + 0.003)])
+        await a.record_attempt(started.id, ok(), "delivered", None)
+        (nxt,) = await wait_claim(a)
+        assert (started.id, nxt.id) == ("msg_t1_4", "msg_t1_3")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def wait_claim(ob: RedisOutbox, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        items = await ob.claim(time.time(), 10)
+        if items:
+            return items
+        await asyncio.sleep(0.02)
+    raise AssertionError("nothing claimable")

@@ -244,7 +244,7 @@ _LUA_PUT = _LUA_COMMON + r"""
 local now = ARGV[2]
 local added = 0
 local i = 3
-while i + 8 <= #ARGV do
+while i + 9 <= #ARGV do
   local id, t, ok = ARGV[i], ARGV[i + 1], ARGV[i + 4]
   local dk = dkey(id)
   if redis.call('EXISTS', dk) == 0 then
@@ -257,14 +257,43 @@ while i + 8 <= #ARGV do
     if ARGV[i + 8] ~= NONE then redis.call('HSET', dk, 'flow_id', ARGV[i + 8]) end
     redis.call('SADD', P .. 'targets', t)
     redis.call('ZADD', P .. 'all', ARGV[i + 6], id)
-    if ok ~= NONE and redis.call('RPUSH', qkey(t, ok), id) > 1 then
-      redis.call('ZADD', heldkey(t), now, id)
+    if ok ~= NONE then
+      -- Replicas infer one ticket's events concurrently, so acceptance order can differ from
+      -- event order: go before not-yet-started deliveries of the ticket observed later.
+      local q = qkey(t, ok)
+      local cat = tonumber(ARGV[i + 6])
+      local before = nil
+      local k = redis.call('LLEN', q) - 1
+      local steps = 0
+      while k >= 0 and steps < 64 do
+        local other = redis.call('LINDEX', q, k)
+        local oh = redis.call('HMGET', dkey(other), 'created_at', 'attempts', 'lease_until')
+        if tonumber(oh[1]) > cat and tonumber(oh[2]) == 0 and not oh[3] then
+          before = other
+        else
+          break
+        end
+        k = k - 1
+        steps = steps + 1
+      end
+      local settled = ARGV[i + 9]
+      redis.call('HSET', dk, 'next_at', settled)
+      if before then redis.call('LINSERT', q, 'BEFORE', before, id) else redis.call('RPUSH', q, id) end
+      if redis.call('LINDEX', q, 0) == id then
+        if before then  -- the old head (unstarted) steps back
+          redis.call('ZREM', duekey(t), before)
+          redis.call('ZADD', heldkey(t), score_of(before), before)
+        end
+        redis.call('ZADD', duekey(t), settled, id)
+      else
+        redis.call('ZADD', heldkey(t), settled, id)
+      end
     else
       redis.call('ZADD', duekey(t), now, id)
     end
     added = added + 1
   end
-  i = i + 9
+  i = i + 10
 end
 return added
 """
@@ -495,6 +524,10 @@ class RedisOutbox(Outbox):
     expires after `heartbeat_ttl_s` and the survivors release its leases at once instead of
     waiting for the lease to run out: its pending deliveries are claimed by the others.
 
+    Order per (target, order_key) is event order (Delivery.created_at), not acceptance order:
+    two replicas may accept one ticket's events in either order, so an ordered delivery waits
+    `reorder_window_s` before it is claimable and goes before not-yet-started later ones.
+
     `put` never raises because Redis is down: the deliveries go to the spool (a SQLite file when
     `spool_path` is set, else memory) and a background task writes them to Redis, in order, when
     it answers again. A full spool refuses the newest: counted (metrics.SPOOL_DROPPED) and logged.
@@ -513,6 +546,7 @@ class RedisOutbox(Outbox):
         flush_interval_s: float = 0.5,
         flush_batch: int = 500,
         timeout_s: float = 2.0,
+        reorder_window_s: float = 0.25,
         clock: Callable[[], float] = time.time,
         client=None,
     ) -> None:
@@ -520,6 +554,7 @@ class RedisOutbox(Outbox):
         self._p = key_prefix(redis_prefix) + "ob:"
         self._client = client
         self._timeout_s = timeout_s
+        self._reorder_window_s = reorder_window_s
         self.replica_id = replica_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._heartbeat_s = heartbeat_s
         self._heartbeat_ttl_s = heartbeat_ttl_s
@@ -666,10 +701,12 @@ class RedisOutbox(Outbox):
     # ---- the pipeline's side ----------------------------------------------------------------
 
     async def _put_redis(self, deliveries: Sequence[model.Delivery]) -> int:
-        args: list = [repr(self._clock())]
+        now = self._clock()
+        settled = repr(now + self._reorder_window_s)
+        args: list = [repr(now)]
         for d in deliveries:
             args += [d.id, d.target, d.event_id, d.event_type, _arg(d.order_key), d.body,
-                     repr(float(d.created_at)), _arg(d.ticket_id), _arg(d.flow_id)]
+                     repr(float(d.created_at)), _arg(d.ticket_id), _arg(d.flow_id), settled]
         return await self._run("put", args)
 
     async def put(self, deliveries: Sequence[model.Delivery]) -> None:

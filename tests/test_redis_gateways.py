@@ -1,0 +1,71 @@
+"""Two real gateway processes sharing one real redis-server, browsers spread across them.
+
+Both gateways see every socket push (each through its own browser) and infer the same events;
+the shared Redis state de-duplicates them, so the receiver gets exactly the day's events, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import pytest
+
+from addons.standin import seed
+from addons.standin.scenario import play_day
+from addons.standin.server import start_standin
+from addons.outbox.redis_backend import make_client
+from tests.harness import GatewayProcess, login, rules_yaml
+from tests.receivers import Receiver
+from tests.redis_server import redis_server  # noqa: F401  (fixture)
+from tests.test_gateway_e2e import _browser, _expected, _summary
+
+NO_OBSERVER = {"WHAZING_OBSERVER_EMAIL": "", "WHAZING_OBSERVER_PASSWORD": ""}
+
+
+@pytest.mark.slow
+async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_server):
+    standin = await start_standin()
+    receiver = await Receiver().start()
+    settings = f"storage: {{backend: redis, redis: {{url: '{redis_server.url}', prefix: mg}}}}\n"
+    gws = [GatewayProcess(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()), env=NO_OBSERVER,
+                          settings=settings) for k in range(2)]
+    clients = []
+    try:
+        await asyncio.gather(*(gw.start() for gw in gws))
+        # one agent's tab on each replica: both replicas see every push
+        for gw in gws:
+            clients.append(await _browser(gw.url, await login(gw.url), "websocket"))
+        day = await play_day(gws[0].url, step_delay=0.05)
+        expected = _expected(day.step("login_agent1").detail["user_id"], day.step("login_agent2").detail["user_id"])
+        total = sum(len(v) for v in expected.values())
+        await receiver.wait_for(total, timeout=60)
+        await asyncio.sleep(2.0)  # a duplicate from the other replica would arrive by now
+        got: dict[int, list[tuple]] = defaultdict(list)
+        for req in receiver.requests:
+            body = req.json()
+            got[body["data"]["ticket"]["id"]].append(_summary(body))
+        assert dict(got) == expected
+        ids = [r.webhook_id for r in receiver.requests]
+        assert len(ids) == total and len(set(ids)) == total
+        for c in clients:
+            assert sum(1 for e, _ in c.frames if e.endswith(":ticketList")) >= 40
+        # Both replicas observed the whole day, yet each event was inferred by exactly one of
+        # them: its id was claimed once in the shared Redis state.
+        def metric_sum(text: str, name: str) -> float:
+            return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+        texts = [await gw.metrics() for gw in gws]
+        assert all(metric_sum(t, "whazing_gateway_observations_total") > 40 for t in texts)
+        assert sum(metric_sum(t, "whazing_gateway_events_total") for t in texts) == total
+        client = make_client(redis_server.url)
+        claimed = [k async for k in client.scan_iter(match="mg:state:e:*", count=1000)]
+        await client.aclose()
+        assert len(claimed) == total
+    finally:
+        for c in clients:
+            await c.disconnect()
+        for gw in gws:
+            await gw.stop()
+        await receiver.stop()
+        await standin.stop()
