@@ -64,6 +64,7 @@ class FlowNotes:
     """
 
     MAX_LINES = 50
+    MAX_META = 200
 
     def __init__(self) -> None:
         self.flows: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
@@ -87,6 +88,10 @@ class FlowNotes:
         for d in result.deliveries:
             meta["deliveries"][d.id] = {"target": d.target, "event": d.event_type,
                                         "status": "queued" if result.accepted else "not accepted"}
+        # A websocket flow (the observer's, an agent's tab) lives for days: keep its details bounded.
+        del meta["events"][: -self.MAX_META]
+        while len(meta["deliveries"]) > self.MAX_META:
+            meta["deliveries"].pop(next(iter(meta["deliveries"])))
             lines.append(f"  -> {d.target}: {'queued' if result.accepted else 'NOT ACCEPTED (outbox error)'} [{d.id}]")
             self.by_delivery[d.id] = flow.id
             if len(self.by_delivery) > 100_000:
@@ -129,15 +134,31 @@ class FlowLimit:
         self.order: deque = deque()
 
     def add(self, flow) -> None:
+        """Count a finished flow (HTTP response, errored flow, websocket end); evict the oldest.
+
+        A flow still live when its turn comes (rare: flows are added when they finish) keeps its
+        place and goes once it is finished, instead of staying in the view for good."""
         view = ctx.master.addons.get("view")
         if view is None or self.max_flows <= 0:
             return
         self.order.append(weakref.ref(flow))
-        if len(self.order) > self.max_flows:
-            old = [r() for r in (self.order.popleft() for _ in range(len(self.order) - self.max_flows))]
-            old = [f for f in old if f is not None and not f.live and view.get_by_id(f.id) is not None]
-            if old:
-                view.remove(old)
+        excess = len(self.order) - self.max_flows
+        if excess <= 0:
+            return
+        live: list = []
+        old: list = []
+        while self.order and excess > 0:
+            ref = self.order.popleft()
+            f = ref()
+            if f is not None and f.live and f is not flow:
+                live.append(ref)
+                continue
+            excess -= 1
+            if f is not None and f is not flow and view.get_by_id(f.id) is not None:
+                old.append(f)
+        self.order.extendleft(reversed(live))
+        if old:
+            view.remove(old)
 
 
 class Gateway:
@@ -166,6 +187,12 @@ class Gateway:
             raise exceptions.OptionsError(f"whazing_config: {exc}") from None
         except OSError as exc:
             raise exceptions.OptionsError(f"whazing_config: cannot read {ctx.options.whazing_config}: {exc}") from None
+
+    @property
+    def recording(self) -> bool:
+        """While a capture is written (`-w` / save_stream_file), websocket history is kept whole
+        so `replay` sees every frame; otherwise it is trimmed to bound memory."""
+        return bool(getattr(ctx.options, "save_stream_file", None))
 
     def running(self) -> None:
         from addons.services import Services
@@ -199,7 +226,7 @@ class Gateway:
         if self.services is None:
             return
         try:
-            if self.limit is not None:
+            if self.limit is not None and flow.websocket is None:  # websockets count when they end
                 self.limit.add(flow)
             if wants_response(flow):
                 self._submit(flow, traffic.exchange_record(flow))
@@ -214,10 +241,19 @@ class Gateway:
             msg = messages[-1]
             if wants_frame(msg):
                 self._submit(flow, traffic.frame_record(flow.id, msg))
-            if len(messages) > WS_KEEP_MESSAGES:
+            if len(messages) > WS_KEEP_MESSAGES and not self.recording:
                 del messages[: len(messages) - WS_KEEP_MESSAGES]
         except Exception as exc:
             self._failed("websocket", exc, flow)
+
+    def websocket_end(self, flow) -> None:
+        if self.limit is not None:
+            self.limit.add(flow)
+
+    def error(self, flow) -> None:
+        """A flow that never got a response (client gone, upstream down) still takes a place."""
+        if self.limit is not None and flow.websocket is None:
+            self.limit.add(flow)
 
     def _failed(self, hook: str, exc: Exception, flow) -> None:
         metrics.STAGE_ERRORS.labels(f"hook_{hook}").inc()

@@ -78,7 +78,9 @@ def replay_command(args) -> int:
     from mitmproxy.exceptions import FlowReadException
 
     from addons.config import ConfigError, load_rules, load_settings
+    from addons.logs import configure_logging
 
+    configure_logging("auto", "warning", stream=sys.stderr)  # stdout carries only the deliveries
     try:
         settings = load_settings(args.config)
         rules = load_rules(settings.rules_dir, settings)

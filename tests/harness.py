@@ -51,7 +51,9 @@ class GatewayProcess:
     """A gateway subprocess with its own config folder, ports and log file."""
 
     def __init__(self, workdir: Path, upstream: str, rules: str, *, web: bool = False,
-                 env: dict[str, str] | None = None, settings: str = "", plain_mitmdump: bool = False) -> None:
+                 env: dict[str, str] | None = None, settings: str = "", plain_mitmdump: bool = False,
+                 extra_args: list[str] | None = None) -> None:
+        self.extra_args = list(extra_args or [])
         self.workdir = Path(workdir)
         self.port = free_port()
         self.metrics_port = free_port()
@@ -90,7 +92,7 @@ class GatewayProcess:
                     "--mode", f"reverse:{self.upstream}", "--listen-host", "127.0.0.1", "-p", str(self.port),
                     "--set", f"whazing_config={self.config}"]
         cmd = [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config)]
-        return cmd + (["--web"] if self.web else [])
+        return cmd + (["--web"] if self.web else []) + self.extra_args
 
     async def start(self, timeout: float = 40.0) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
