@@ -88,14 +88,14 @@ class FlowNotes:
         for d in result.deliveries:
             meta["deliveries"][d.id] = {"target": d.target, "event": d.event_type,
                                         "status": "queued" if result.accepted else "not accepted"}
-        # A websocket flow (the observer's, an agent's tab) lives for days: keep its details bounded.
-        del meta["events"][: -self.MAX_META]
-        while len(meta["deliveries"]) > self.MAX_META:
-            meta["deliveries"].pop(next(iter(meta["deliveries"])))
             lines.append(f"  -> {d.target}: {'queued' if result.accepted else 'NOT ACCEPTED (outbox error)'} [{d.id}]")
             self.by_delivery[d.id] = flow.id
             if len(self.by_delivery) > 100_000:
                 self.by_delivery.pop(next(iter(self.by_delivery)))
+        # A websocket flow (the observer's, an agent's tab) lives for days: keep its details bounded.
+        del meta["events"][: -self.MAX_META]
+        while len(meta["deliveries"]) > self.MAX_META:
+            meta["deliveries"].pop(next(iter(meta["deliveries"])))
         flow.comment = "\n".join(lines[-self.MAX_LINES:])
         flow.marked = ":default:"
         self._update(flow)
