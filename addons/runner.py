@@ -7,6 +7,7 @@ viewer's binding and password all come from gateway.yaml. `--set` passes extra o
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sys
 
@@ -60,9 +61,18 @@ async def _serve(settings, web: bool, extra: list[str]) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     if web:
-        log.info("flow viewer", url=f"http://{settings.web_host}:{settings.web_port}/",
-                 password="from gateway.yaml web.password" if settings.web_password
-                 else "random token: see mitmweb's startup line")
+        url = f"http://{settings.web_host}:{settings.web_port}/"
+        if settings.web_password:
+            log.info("flow viewer", url=url, auth="web.password from gateway.yaml")
+        else:
+            # The log masks tokens (mitmweb's own startup line included): the random token is
+            # written once to the terminal, outside the log, as mitmweb itself does.
+            token = secrets.token_hex(16)
+            opts.update(web_password=token)
+            sys.stderr.write(f"flow viewer: {url}?token={token}  (random token; set web.password "
+                             f"in gateway.yaml for a fixed one)\n")
+            sys.stderr.flush()
+            log.info("flow viewer", url=url, auth="random token, printed on the terminal at start")
     await master.run()
     return 0
 
