@@ -29,7 +29,9 @@ def mitmproxy_options(settings, web: bool) -> dict:
         "whazing_config": str(settings.config_path),
     }
     if web:
-        opts.update(web_host=settings.web_host, web_port=settings.web_port, web_open_browser=False)
+        opts.update(web_host=settings.web_host, web_port=settings.web_port, web_open_browser=False,
+                    # The comment column shows each flow's events and deliveries in the list itself.
+                    web_columns=["tls", "icon", "path", "method", "status", "size", "time", "comment"])
         if settings.web_password:
             opts["web_password"] = settings.web_password
     return opts
