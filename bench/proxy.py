@@ -1,0 +1,566 @@
+"""Proxy benchmark: direct vs plain mitmdump vs the gateway, REST and websocket, in one run.
+
+What each configuration carries:
+
+  direct     the load generator talks to the upstream itself
+  mitmdump   plain `mitmdump --mode reverse:UPSTREAM -q` (the floor the gateway is held to)
+  gateway    `python -m addons.cli run --config gateway.yaml` with a rule routing every event to
+             a local 200 receiver, SQLite outbox on: events are inferred and really delivered
+
+Workloads (one asyncio load generator with fixed concurrency; upstream and receiver each in
+their own process; see bench/common.py for the payloads):
+
+  rest       GET /tickets/<1..50> (a ~1.5 KB Ticket the gateway decodes), `--concurrency`
+             requests in flight; req/s and request latency
+  ws-mixed   `--ws-clients` sockets in one tenant room: every frame broadcast to all of them, 1 in
+             3 a `ticketList` event the gateway parses, the rest presence pushes it skips
+  ws-paced   as ws-mixed at a fixed `--ws-rate` (broadcasts/s): per-frame latency below saturation
+  ws-worst   every frame a distinct `ticketList` event that becomes a webhook, one room per socket
+             (no identical copies to skip)
+
+Websocket frames flow with credit (at most `--ws-window` in flight per socket), so frames/s is
+the saturated rate and the latency (send time written in the frame by the upstream vs receive
+time) is the queueing a browser would see at that rate. Each configuration runs `--seconds`
+per workload (after `--warmup`), configurations alternate over `--rounds` rounds, and the
+table shows the median of the rounds. Between gateway runs the bench waits until every routed
+webhook has reached the receiver, so a delivery backlog never runs into the next measurement.
+
+    .venv/bin/python bench/proxy.py                 # ~3 minutes on 2 cores
+    .venv/bin/python bench/proxy.py --quick         # a few seconds: every row, rough numbers
+    .venv/bin/python bench/proxy.py --profile prof  # then py-spy the gateway under websocket load
+
+Loopback only; every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
+from tests.harness import GatewayProcess, rules_yaml  # noqa: E402
+from tests.receivers import free_port  # noqa: E402
+
+CONFIGS = ("direct", "mitmdump", "gateway")
+WORKLOADS = ("rest", "ws-mixed", "ws-paced", "ws-worst")
+
+
+def note(text: str) -> None:
+    """Progress goes to stderr so stdout is only the report."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def start_with_port_file(cmd: list[str], workdir: Path, name: str) -> tuple[subprocess.Popen, int]:
+    port_file = workdir / f"{name}.port"
+    port_file.unlink(missing_ok=True)  # a kept workdir holds the last run's
+    log = open(workdir / f"{name}.log", "ab")
+    proc = subprocess.Popen(cmd + ["--port-file", str(port_file)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"{name} did not start; see {workdir / (name + '.log')}")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+async def wait_http(url: str, proc: subprocess.Popen, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": "Bearer " + common.bench_token()}
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"proxy exited with {proc.returncode}")
+            try:
+                async with s.get(url + "/tickets/1", headers=headers) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{url} not answering after {timeout}s")
+
+
+def stop_proc(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    proc: subprocess.Popen | None = None
+    gateway: GatewayProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        if self.gateway is not None and self.gateway.proc is not None:
+            return self.gateway.proc.pid
+        return self.proc.pid if self.proc is not None else None
+
+
+class Receiver:
+    """tests/receivers.py in its own process: a 200 receiver logging one line per webhook."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.log = workdir / "received.log"
+        self.proc, port = start_with_port_file(
+            [sys.executable, str(ROOT / "tests" / "receivers.py"), "--log", str(self.log)], workdir, "receiver")
+        self.url = f"http://127.0.0.1:{port}/webhook"
+
+    def count(self) -> int:
+        if not self.log.exists():
+            return 0
+        with open(self.log, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+# ---- load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    count: int
+    errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Window:
+    """The measured part of a run: after the warm-up, for `seconds`."""
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.stopping = False
+        self.t0 = self.t1 = 0.0
+
+    async def run(self, warmup: float, seconds: float) -> None:
+        await asyncio.sleep(warmup)
+        self.measuring, self.t0 = True, time.monotonic()
+        await asyncio.sleep(seconds)
+        self.measuring, self.t1 = False, time.monotonic()
+        self.stopping = True
+
+
+async def rest_load(url: str, seconds: float, warmup: float, concurrency: int) -> Sample:
+    window = Window()
+    lat: list[float] = []
+    errors = 0
+    headers = {"Authorization": "Bearer " + common.bench_token(), "Accept": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as s:
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            n = i
+            while not window.stopping:
+                t = time.perf_counter()
+                try:
+                    async with s.get(f"{url}/tickets/{n % 50 + 1}") as r:
+                        await r.read()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if window.measuring:
+                    if ok:
+                        lat.append(time.perf_counter() - t)
+                    else:
+                        errors += 1
+                n += concurrency
+
+        workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        await window.run(warmup, seconds)
+        await asyncio.wait_for(asyncio.gather(*workers), 30)
+    return Sample(len(lat) / (window.t1 - window.t0), common.pct(lat, 50) * 1000, common.pct(lat, 99) * 1000,
+                  len(lat), errors)
+
+
+async def ws_load(url: str, mode: str, seconds: float, warmup: float, clients: int, window_frames: int,
+                  run_id: str, rate: float = 0.0) -> Sample:
+    window = Window()
+    lat: list[float] = []
+    errors = 0
+    half = max(1, window_frames // 2)
+    ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    token = common.bench_token()
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def client(session: aiohttp.ClientSession, i: int) -> None:
+        nonlocal errors
+        room, members = (f"{run_id}w{i}", 1) if mode == "worst" else (f"{run_id}m", clients)
+        ws = await session.ws_connect(ws_url, max_msg_size=0, autoping=True)
+        sockets.append(ws)
+        got = 0
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    errors += 1
+                break
+            text = msg.data
+            if text[:2] == "42":
+                got += 1
+                if window.measuring:
+                    lat.append(time.time() - common.sent_at(text))
+                if got % half == 0 and not window.stopping:
+                    await ws.send_str('42["bench:credit",%d]' % half)
+            elif text[:2] == "40":
+                await ws.send_str('42["bench:start",%s]' % json.dumps({"mode": mode, "room": room, "members": members,
+                                                                       "rate": rate if mode == "paced" else 0.0}))
+                await ws.send_str('42["bench:credit",%d]' % window_frames)
+            elif text[:1] == "0":
+                await ws.send_str("40" + json.dumps({"token": token}))
+            elif text == "2":
+                await ws.send_str("3")
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(client(session, i)) for i in range(clients)]
+        await window.run(warmup, seconds)
+        for ws in list(sockets):
+            try:
+                await asyncio.wait_for(ws.close(), 5)
+            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+                pass
+        done, pending = await asyncio.wait(tasks, timeout=10)
+        for t in pending:
+            t.cancel()
+        for t in done:
+            if t.exception() is not None:
+                errors += 1
+    return Sample(len(lat) / (window.t1 - window.t0), common.pct(lat, 50) * 1000, common.pct(lat, 99) * 1000,
+                  len(lat), errors)
+
+
+# ---- gateway bookkeeping --------------------------------------------------------------------
+
+_METRIC = re.compile(r"^(whazing_gateway_[a-z_]+?)(?:_total)?(?:\{[^}]*\})? ([0-9.eE+-]+)$", re.M)
+
+
+async def gateway_counters(gw: GatewayProcess) -> dict[str, float]:
+    """Sums of the gateway's counters (labels folded)."""
+    out: dict[str, float] = defaultdict(float)
+    for name, value in _METRIC.findall(await gw.metrics()):
+        out[name.removeprefix("whazing_gateway_")] += float(value)
+    return out
+
+
+async def drain(gw: GatewayProcess, receiver: Receiver, before_received: int, timeout: float) -> tuple[float, dict]:
+    """Wait until the pipeline has stopped producing and every routed webhook has arrived."""
+    t0 = time.monotonic()
+    last = None
+    while True:
+        c = await gateway_counters(gw)
+        routed = c.get("deliveries_routed", 0.0)
+        state = (c.get("observations", 0.0), c.get("events", 0.0), routed)
+        if state == last and receiver.count() >= routed:
+            break
+        if time.monotonic() - t0 > timeout:
+            note(f"  drain: gave up after {timeout:.0f}s (received {receiver.count()} of {routed:.0f})")
+            break
+        last = state
+        await asyncio.sleep(0.5)
+    return time.monotonic() - t0, c
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+async def run_bench(args, workdir: Path) -> dict:
+    load_before = os.getloadavg()[0]
+    up_proc, up_port = start_with_port_file([sys.executable, str(ROOT / "bench" / "common.py"), "upstream"],
+                                            workdir, "upstream")
+    upstream = f"http://127.0.0.1:{up_port}"
+    receiver = Receiver(workdir)
+    targets: dict[str, Target] = {}
+    try:
+        await wait_http(upstream, up_proc)
+        for name in args.configs:
+            if name == "direct":
+                targets[name] = Target(name, upstream)
+            elif name == "mitmdump":
+                port = free_port()
+                mitmdump = str(Path(sys.executable).parent / "mitmdump")
+                proc = subprocess.Popen([mitmdump, "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1",
+                                         "-p", str(port), "-q"],
+                                        stdout=open(workdir / "mitmdump.log", "ab"), stderr=subprocess.STDOUT)
+                targets[name] = Target(name, f"http://127.0.0.1:{port}", proc=proc)
+                await wait_http(targets[name].url, proc)
+            elif name == "gateway":
+                env = {k: v for k, v in os.environ.items() if not k.startswith("WHAZING_OBSERVER")}
+                gw = GatewayProcess(workdir / "gateway", upstream, rules_yaml(receiver.url), env=env)
+                await gw.start(timeout=60)
+                targets[name] = Target(name, gw.url, gateway=gw)
+                await wait_http(gw.url, gw.proc)
+        note(f"upstream {upstream}; " + ", ".join(f"{t.name} {t.url}" for t in targets.values()))
+
+        samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+        gw_work: dict[str, list[dict]] = defaultdict(list)
+        for r in range(args.rounds):
+            order = list(args.configs[r % len(args.configs):]) + list(args.configs[:r % len(args.configs)])
+            for name in order:
+                t = targets[name]
+                for wl in args.workloads:
+                    s, work = await one_run(args, t, wl, receiver, f"r{r}{name[:2]}{wl[-2:]}{os.getpid()}")
+                    samples[(wl, name)].append(s)
+                    if work:
+                        gw_work[wl].append(work)
+                    note(f"round {r + 1}/{args.rounds} {wl:8} {name:8} {s.per_s:8.0f}/s p50 {s.p50_ms:6.1f} ms "
+                         f"p99 {s.p99_ms:6.1f} ms" + (f" errors {s.errors}" if s.errors else "")
+                         + (f" | events {work['events']:.0f} delivered {work['delivered']:.0f} "
+                            f"drain {work['drain_s']:.1f}s" if work else ""))
+
+        profile = None
+        if args.profile and "gateway" in targets:
+            profile = await run_profile(args, targets["gateway"], receiver, Path(args.profile))
+        result = report(args, samples, gw_work, profile)
+        result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        return result
+    finally:
+        for t in targets.values():
+            if t.gateway is not None:
+                await t.gateway.stop()
+            stop_proc(t.proc)
+        stop_proc(receiver.proc)
+        stop_proc(up_proc)
+
+
+async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> tuple[Sample, dict | None]:
+    before = await gateway_counters(t.gateway) if t.gateway else None
+    received0 = receiver.count()
+    if wl == "rest":
+        s = await rest_load(t.url, args.seconds, args.warmup, args.concurrency)
+    else:
+        s = await ws_load(t.url, wl.removeprefix("ws-"), args.seconds, args.warmup, args.ws_clients,
+                          args.ws_window, run_id, args.ws_rate)
+    if t.gateway is None:
+        return s, None
+    drain_s, after = await drain(t.gateway, receiver, received0, args.drain_timeout)
+    work = {k: after.get(k, 0.0) - before.get(k, 0.0)
+            for k in ("observations", "events", "deliveries_routed", "observations_dropped", "stage_errors",
+                      "decode_errors")}
+    work["delivered"] = receiver.count() - received0
+    work["drain_s"] = drain_s
+    return s, work
+
+
+# ---- profile --------------------------------------------------------------------------------
+
+_RATE = 250  # py-spy samples per second
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
+
+
+async def run_profile(args, t: Target, receiver: Receiver, outdir: Path) -> dict:
+    """py-spy the gateway while each websocket workload runs; summarize time spent in addons/."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (not a project dependency)")
+    outdir.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for wl in [w for w in args.workloads if w.startswith("ws-")] + (["rest"] if "rest" in args.workloads else []):
+        raw = outdir / f"gateway-{wl}.txt"
+        spy_proc = subprocess.Popen([spy, "record", "--pid", str(t.pid), "--duration", str(int(args.profile_seconds)),
+                                     "--rate", str(_RATE), "--gil", "--format", "raw", "--nonblocking", "--output", str(raw)],
+                                    stdout=subprocess.DEVNULL, stderr=open(outdir / "py-spy.log", "ab"))
+        await asyncio.sleep(0.5)
+        s, work = await one_run(argparse.Namespace(**{**vars(args), "seconds": args.profile_seconds, "warmup": 0.0}),
+                                t, wl, receiver, f"prof{wl[-2:]}{os.getpid()}")
+        await asyncio.to_thread(spy_proc.wait, 60)
+        note(f"profile {wl}: {s.per_s:.0f}/s while sampled -> {raw}")
+        result[wl] = summarize_profile(raw, args.profile_top, _RATE * args.profile_seconds) | {"per_s": s.per_s, "work": work}
+    return result
+
+
+_ENTRY = ("addons/cli.py", "addons/runner.py")  # every stack of the main thread starts here
+
+
+def summarize_profile(raw: Path, top: int, core_samples: float) -> dict:
+    """Collapsed stacks -> where the process's GIL time went, in % of one core.
+
+    Sampled with `--gil`: only the thread holding the GIL is recorded, so the shares are the
+    Python work that competes with the proxy's event loop (SQLite's C code and fsync, which
+    release the GIL, do not show). `core_samples` is rate x duration: a GIL held all the time.
+    """
+    total = 0
+    areas: dict[str, int] = defaultdict(int)
+    incl: dict[str, int] = defaultdict(int)
+    self_: dict[str, int] = defaultdict(int)
+    if not raw.exists():
+        return {"samples": 0}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for f in stack.split(";"):
+            m = _FRAME.match(f)
+            frames.append((m["func"], m["file"]) if m else (f, ""))
+        ours = [fr for fr in frames if fr[1].startswith("addons/") and not fr[1].startswith(_ENTRY)]
+        if any(func.endswith("._worker") and file == "addons/outbox/sqlite.py" for func, file in frames):
+            area = "outbox thread (sqlite, off the event loop)"
+        elif ours:
+            area = "addons/ on the event loop (our code, inclusive)"
+        elif any(file.startswith("mitmproxy/") for _, file in frames):
+            area = "mitmproxy (proxying itself)"
+        else:
+            area = "event loop, sockets and other libraries"
+        areas[area] += n
+        seen = set()
+        for func, file in ours:
+            key = f"{func} ({file.removeprefix('addons/')})"
+            if key not in seen:
+                incl[key] += n
+                seen.add(key)
+        if ours:
+            func, file = ours[-1]
+            self_[f"{func} ({file.removeprefix('addons/')})"] += n
+
+    def share(v: int) -> float:
+        return round(100.0 * v / core_samples, 1) if core_samples else 0.0
+
+    return {
+        "samples": total,
+        "cpu_pct_of_core": share(total),
+        "areas": {k: share(v) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])},
+        "inclusive": [(k, share(v)) for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:top]],
+        "self_below": [(k, share(v)) for k, v in sorted(self_.items(), key=lambda kv: -kv[1])[:top]],
+    }
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def report(args, samples, gw_work, profile) -> dict:
+    rows = []
+    for wl in args.workloads:
+        med = {}
+        for name in args.configs:
+            ss = samples[(wl, name)]
+            med[name] = Sample(common.median([s.per_s for s in ss]), common.median([s.p50_ms for s in ss]),
+                               common.median([s.p99_ms for s in ss]), sum(s.count for s in ss),
+                               sum(s.errors for s in ss))
+        for name in args.configs:
+            m = med[name]
+            rows.append({
+                "workload": wl, "config": name, "per_s": round(m.per_s, 1), "p50_ms": round(m.p50_ms, 2),
+                "p99_ms": round(m.p99_ms, 2), "count": m.count, "errors": m.errors,
+                "vs_mitmdump": round(m.per_s / med["mitmdump"].per_s, 3) if "mitmdump" in med and med["mitmdump"].per_s else None,
+                "vs_direct": round(m.per_s / med["direct"].per_s, 3) if "direct" in med and med["direct"].per_s else None,
+                "rounds": [round(s.per_s, 1) for s in samples[(wl, name)]],
+            })
+    work = {wl: {k: round(common.median([w[k] for w in ws]), 2) for k in ws[0]} for wl, ws in gw_work.items()}
+    return {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+            "args": {k: v for k, v in vars(args).items()}, "rows": rows, "gateway_work": work, "profile": profile}
+
+
+def markdown(result: dict) -> str:
+    unit = {"rest": "req/s", "ws-mixed": "frames/s", "ws-paced": "frames/s", "ws-worst": "frames/s"}
+    out = ["| workload | config | rate | p50 ms | p99 ms | vs mitmdump | vs direct | rounds |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        ratio = lambda v: f"{v:.2f}x" if v is not None else "-"  # noqa: E731
+        out.append(f"| {r['workload']} | {r['config']} | {r['per_s']:.0f} {unit[r['workload']]} | {r['p50_ms']:.1f} | "
+                   f"{r['p99_ms']:.1f} | {ratio(r['vs_mitmdump'])} | {ratio(r['vs_direct'])} | "
+                   f"{' / '.join(f'{x:.0f}' for x in r['rounds'])} |")
+    if result["gateway_work"]:
+        out += ["", "Gateway work per run (median): observations decoded, events inferred, webhooks routed and"
+                " received, observations dropped (queue full), seconds to drain after the load stopped.", "",
+                "| workload | observations | events | routed | delivered | dropped | errors | drain s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for wl, w in result["gateway_work"].items():
+            out.append(f"| {wl} | {w['observations']:.0f} | {w['events']:.0f} | {w['deliveries_routed']:.0f} | "
+                       f"{w['delivered']:.0f} | {w['observations_dropped']:.0f} | "
+                       f"{w['stage_errors'] + w['decode_errors']:.0f} | {w['drain_s']:.1f} |")
+    for wl, p in (result.get("profile") or {}).items():
+        out += ["", f"Profile of the gateway process under {wl} ({p['per_s']:.0f}/s while sampled; "
+                f"GIL held {p.get('cpu_pct_of_core', 0)}% of the time, {p['samples']} samples), in % of wall time:", ""]
+        out += [f"- {area}: {share}%" for area, share in p.get("areas", {}).items()]
+        out += ["", "| addons/ function (inclusive) | % of time |", "|---|---:|"]
+        out += [f"| {k} | {v} |" for k, v in p.get("inclusive", [])]
+        out += ["", "| innermost addons/ frame (self + non-addons callees) | % of time |", "|---|---:|"]
+        out += [f"| {k} | {v} |" for k, v in p.get("self_below", [])]
+    return "\n".join(out) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per configuration and workload (default 3)")
+    p.add_argument("--warmup", type=float, default=0.5, help="seconds of load before measuring (default 0.5)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, configurations alternating; medians reported (default 3)")
+    p.add_argument("--concurrency", type=int, default=8, help="REST requests in flight (default 8)")
+    p.add_argument("--ws-clients", type=int, default=4, help="websocket connections (default 4, like 4 open tabs)")
+    p.add_argument("--ws-window", type=int, default=16, help="frames in flight per websocket (default 16)")
+    p.add_argument("--ws-rate", type=float, default=50.0,
+                   help="ws-paced: broadcasts/s (each reaches every websocket; default 50)")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for the gateway's backlog")
+    p.add_argument("--quick", action="store_true", help="1 round of 0.5 s per row: checks the bench, not the gateway")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--workdir", metavar="DIR", help="keep configs and logs here (default: a temporary folder)")
+    p.add_argument("--profile", metavar="DIR", help="after the table, py-spy the gateway under each workload; raw stacks to DIR")
+    p.add_argument("--profile-seconds", type=float, default=10.0, help="seconds sampled per workload (default 10)")
+    p.add_argument("--profile-top", type=int, default=15, help="functions listed per profile (default 15)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.configs = [c for c in args.configs.split(",") if c]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    bad = [c for c in args.configs if c not in CONFIGS] + [w for w in args.workloads if w not in WORKLOADS]
+    if bad:
+        build_parser().error(f"unknown config or workload: {', '.join(bad)}")
+    if args.quick:
+        args.seconds, args.warmup, args.rounds = 0.5, 0.2, 1
+        args.profile_seconds = min(args.profile_seconds, 2.0)
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(run_bench(args, workdir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="wgw-bench-") as tmp:
+            result = asyncio.run(run_bench(args, Path(tmp)))
+    sys.stdout.write(f"{result['machine']}, load average {result['load_avg'][0]} before / {result['load_avg'][1]} after; "
+                     f"{args.rounds} round(s) x {args.seconds:g} s; REST concurrency {args.concurrency}; "
+                     f"{args.ws_clients} websockets, window {args.ws_window}, paced {args.ws_rate:g} broadcasts/s\n\n")
+    sys.stdout.write(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
