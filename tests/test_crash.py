@@ -121,5 +121,4 @@ async def test_kill_9_loses_nothing(tmp_path):
         assert await ob.pending_count() == 0
     finally:
         await ob.close()
-    duplicates = len(requests) - len(seen)
-    print(f"accepted={len(accepted)} received={len(requests)} unique={len(seen)} duplicates={duplicates}")
+    assert len(requests) >= len(seen) >= len(accepted)
