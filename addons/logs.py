@@ -272,7 +272,24 @@ def _is_tty(stream: Any) -> bool:
 
 
 class GatewayLogHandler(logging.StreamHandler):
-    """Our root handler; a marker class so a second configure_logging replaces it."""
+    """Our root handler (a marker class, so a second configure_logging replaces it).
+
+    Configured for sys.stderr, it looks sys.stderr up at every line instead of keeping the
+    object it was given: a CLI command run in-process (tests, embedding) whose sys.stderr is
+    swapped and closed later must not leave a handler writing to a closed file.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._follow_stderr = stream is None or stream is sys.stderr
+        super().__init__(stream)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr if self._follow_stderr else self._stream
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        self._stream = value
 
 
 _CONNECTION_CHATTER = ("client connect", "client disconnect", "server connect", "server disconnect")
@@ -316,6 +333,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | 
     global _threshold
     if fmt not in ("auto", "json", "console"):
         raise ValueError(f"unknown log format {fmt!r} (auto, json, console)")
+    follow_stderr = stream is None or stream is sys.stderr
     stream = stream if stream is not None else sys.stderr
     _threshold = _level_number(level)
     tty = _is_tty(stream)
@@ -351,7 +369,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | 
             renderer,
         ],
     )
-    handler = GatewayLogHandler(stream)
+    handler = GatewayLogHandler(None if follow_stderr else stream)
     handler.setFormatter(formatter)
     handler.setLevel(_threshold)
     handler.addFilter(_ConnectionChatter())

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -47,8 +48,11 @@ def _reset():
     structlog.reset_defaults()
 
 
-def lines(buf: io.StringIO) -> list[dict]:
-    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+def lines(buf: io.StringIO, *loggers: str) -> list[dict]:
+    """This test's records: loggers named t.* (ours) or listed; background tasks that other tests
+    left running may log through the root logger meanwhile."""
+    recs = [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+    return [r for r in recs if r.get("logger", "").startswith("t.") or r.get("logger") in loggers]
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:
@@ -59,7 +63,7 @@ def assert_no_secret(text: str, *secrets: str) -> None:
 # --- redaction of realistic records -------------------------------------------------------------
 
 def test_socket_connect_frame_token_is_masked(out):
-    log = structlog.get_logger("addons.gateway")
+    log = structlog.get_logger("t.addons.gateway")
     frame = f'40{{"token":"{JWT}"}}'
     log.info("socket frame", direction="client", frame=frame, connection_id="c1")
     log.debug("not shown at info", frame=frame)
@@ -70,12 +74,12 @@ def test_socket_connect_frame_token_is_masked(out):
 
 
 def test_namespaced_connect_and_opaque_token(out):
-    structlog.get_logger("x").info("frame", frame='40/admin,{"token":"opaque-token-1234"}')
+    structlog.get_logger("t.x").info("frame", frame='40/admin,{"token":"opaque-token-1234"}')
     assert lines(out)[0]["frame"] == '40/admin,{"token":"***"}'
 
 
 def test_login_body_password_masked_as_dict_string_and_bytes(out):
-    log = structlog.get_logger("addons.traffic")
+    log = structlog.get_logger("t.addons.traffic")
     body = {"email": "agent@example.com", "password": LOGIN_PASSWORD}
     raw = json.dumps(body)
     log.info("login", request_json=body, request_text=raw, content=raw.encode())
@@ -88,7 +92,7 @@ def test_login_body_password_masked_as_dict_string_and_bytes(out):
 
 
 def test_request_headers_dict_list_and_mitmproxy_headers(out):
-    log = structlog.get_logger("addons.gateway")
+    log = structlog.get_logger("t.addons.gateway")
     hdrs = Headers(
         [(b"Authorization", f"Bearer {JWT}".encode()), (b"Cookie", b"sid=abc123; theme=dark"),
          (b"Content-Type", b"application/json")]
@@ -111,7 +115,7 @@ def test_request_headers_dict_list_and_mitmproxy_headers(out):
 def test_external_api_query_string_and_url(out):
     url = (f"http://whazing:3000/v1/api/external/abc/params/?body=oi&number=5511999999999"
            f"&externalKey=k1&bearertoken={API_JWT}")
-    structlog.get_logger("addons.gateway").info("external call", url=url,
+    structlog.get_logger("t.addons.gateway").info("external call", url=url,
                                                auth=f"Bearer {API_JWT}")
     rec, = lines(out)
     assert rec["url"].endswith("&bearertoken=***")
@@ -121,7 +125,7 @@ def test_external_api_query_string_and_url(out):
 
 
 def test_delivery_record_with_target_secrets(out):
-    log = structlog.get_logger("addons.sender").bind(target="n8n-main", event_id="evt_1", ticket_id=42)
+    log = structlog.get_logger("t.addons.sender").bind(target="n8n-main", event_id="evt_1", ticket_id=42)
     log.warning(
         "delivery failed, will retry",
         request_headers={"X-N8N-API-KEY": N8N_KEY, "webhook-id": "msg_1",
@@ -145,7 +149,7 @@ def test_delivery_record_with_target_secrets(out):
 def test_registered_secret_masked_anywhere(out):
     register_secret(OBSERVER_PASSWORD)
     register_secret("ab")  # too short to mask safely: ignored
-    log = structlog.get_logger("addons.observer")
+    log = structlog.get_logger("t.addons.observer")
     log.info(f"observer login as bot@example.com with {OBSERVER_PASSWORD}",
              note=["nested", {"deep": f"x{OBSERVER_PASSWORD}y"}])
     rec, = lines(out)
@@ -155,7 +159,7 @@ def test_registered_secret_masked_anywhere(out):
 
 
 def test_exception_text_is_redacted(out):
-    log = structlog.get_logger("addons.sender")
+    log = structlog.get_logger("t.addons.sender")
     try:
         raise RuntimeError(f"upstream refused Authorization: Bearer {JWT}")
     except RuntimeError:
@@ -175,7 +179,7 @@ def test_objects_rendered_by_repr_are_checked(out):
         def __repr__(self):
             return "Plain(1)"
 
-    structlog.get_logger("x").info("cfg", cfg=Cfg(), plain=Plain())
+    structlog.get_logger("t.x").info("cfg", cfg=Cfg(), plain=Plain())
     rec, = lines(out)
     assert SIGNING not in rec["cfg"] and "https://x" in rec["cfg"]
     assert rec["plain"] == "Plain(1)"
@@ -220,10 +224,10 @@ def test_string_patterns(text, secret):
 # --- format, context and routing ----------------------------------------------------------------
 
 def test_json_fields_timestamp_level_logger(out):
-    structlog.get_logger("addons.infer").info("event inferred", type="ticket.created", ticket_id=7)
+    structlog.get_logger("t.addons.infer").info("event inferred", type="ticket.created", ticket_id=7)
     rec, = lines(out)
     assert list(rec)[:4] == ["timestamp", "level", "logger", "event"]
-    assert rec["logger"] == "addons.infer" and rec["level"] == "info"
+    assert rec["logger"] == "t.addons.infer" and rec["level"] == "info"
     ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00"))
     assert ts.utcoffset() == timezone.utc.utcoffset(None)
     assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 300
@@ -232,10 +236,10 @@ def test_json_fields_timestamp_level_logger(out):
 def test_contextvars_bound_context(out):
     structlog.contextvars.bind_contextvars(flow="f-1", ticket_id=42)
     try:
-        structlog.get_logger("addons.gateway").info("observed", event_type="ticket:update")
+        structlog.get_logger("t.addons.gateway").info("observed", event_type="ticket:update")
     finally:
         structlog.contextvars.clear_contextvars()
-    structlog.get_logger("addons.gateway").info("later")
+    structlog.get_logger("t.addons.gateway").info("later")
     first, second = lines(out)
     assert first["flow"] == "f-1" and first["ticket_id"] == 42
     assert "flow" not in second
@@ -252,10 +256,10 @@ def test_stdlib_and_mitmproxy_records_go_through_once(out):
         logging.getLogger("mitmproxy.proxy.mode_servers").info(
             "client request %s", f"GET /socket.io/?EIO=4&token={JWT}", extra={"client": ("10.0.0.5", 51234)}
         )
-        structlog.get_logger("addons.gateway").info("ours")
+        structlog.get_logger("t.addons.gateway").info("ours")
     finally:
         term.uninstall()
-    recs = lines(out)
+    recs = lines(out, "mitmproxy.proxy.mode_servers")
     assert [r["event"].split(" ")[0] for r in recs] == ["client", "ours"]
     assert recs[0]["logger"] == "mitmproxy.proxy.mode_servers"
     assert recs[0]["client"] == "10.0.0.5:51234"
@@ -268,12 +272,12 @@ def test_reconfigure_replaces_handler_and_level():
     try:
         configure_logging(stream=a)
         configure_logging(stream=b, level="debug")
-        structlog.get_logger("x").debug("dbg")
+        structlog.get_logger("t.x").debug("dbg")
         assert a.getvalue() == ""
         assert lines(b)[0]["event"] == "dbg"
         configure_logging(stream=b, level="warning")
-        structlog.get_logger("x").info("dropped")
-        logging.getLogger("lib").info("dropped too")
+        structlog.get_logger("t.x").info("dropped")
+        logging.getLogger("t.lib").info("dropped too")
         assert len(lines(b)) == 1
     finally:
         _reset()
@@ -284,7 +288,7 @@ def test_console_on_a_tty_and_when_asked():
     tty = os.fdopen(slave, "w", buffering=1)
     try:
         configure_logging(stream=tty)
-        structlog.get_logger("addons.sender").info("delivered", target="n8n", password="pw-123456")
+        structlog.get_logger("t.addons.sender").info("delivered", target="n8n", password="pw-123456")
         tty.flush()
         text = os.read(master, 65536).decode()
     finally:
@@ -299,7 +303,7 @@ def test_console_on_a_tty_and_when_asked():
     buf = io.StringIO()
     try:
         configure_logging(fmt="console", stream=buf)
-        structlog.get_logger("x").info("hello", ticket_id=3)
+        structlog.get_logger("t.x").info("hello", ticket_id=3)
     finally:
         _reset()
     assert "hello" in buf.getvalue() and "ticket_id=3" in buf.getvalue()
@@ -311,14 +315,15 @@ def test_json_forced_on_a_tty_and_bad_arguments():
     tty = os.fdopen(slave, "w", buffering=1)
     try:
         configure_logging(fmt="json", stream=tty)
-        structlog.get_logger("x").info("j")
+        structlog.get_logger("t.x").info("j")
         tty.flush()
         text = os.read(master, 65536).decode()
     finally:
         _reset()
         tty.close()
         os.close(master)
-    assert json.loads(text.strip())["event"] == "j"
+    recs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert [r["event"] for r in recs if r["logger"] == "t.x"] == ["j"]
     with pytest.raises(ValueError):
         configure_logging(fmt="xml")
     with pytest.raises(ValueError):
@@ -333,9 +338,26 @@ def test_mitmproxy_connection_chatter_only_at_debug():
         for msg in ("client connect", "server connect 10.0.0.2:3000", "client disconnect"):
             server_log.info(msg, extra={"client": ("10.0.0.5", 1)})
         server_log.info("error establishing server connection: refused")
-        assert [r["event"] for r in lines(buf)] == ["error establishing server connection: refused"]
+        assert [r["event"] for r in lines(buf, "mitmproxy.proxy.server")] == [
+            "error establishing server connection: refused"]
         configure_logging(stream=buf, level="debug")
         server_log.info("client connect")
-        assert lines(buf)[-1]["event"] == "client connect"
+        assert lines(buf, "mitmproxy.proxy.server")[-1]["event"] == "client connect"
+    finally:
+        _reset()
+
+
+def test_stderr_is_looked_up_per_line(monkeypatch):
+    """A command run in-process configures logging on sys.stderr; when that stream is swapped
+    (and closed) later, lines follow the current sys.stderr instead of failing."""
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging(stream=sys.stderr)
+        structlog.get_logger("t.cli").warning("one")
+        monkeypatch.setattr(sys, "stderr", second)
+        first.close()
+        structlog.get_logger("t.cli").warning("two")
+        assert [r["event"] for r in lines(second)] == ["two"]
     finally:
         _reset()
