@@ -321,3 +321,16 @@ def test_compose_traffic_goes_traefik_gateway_backend(compose):
     assert any(v.endswith(":/app/.env") for v in front["volumes"])
     shared = set(gw["networks"]) & set(backend["networks"]) & set(services["traefik"]["networks"])
     assert shared
+
+
+def test_env_example_names_every_variable_the_shipped_rules_use():
+    import re
+
+    example = (ROOT / "deploy" / "gateway.env.example").read_text()
+    defined = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M))
+    used = set()
+    for f in (ROOT / "rules").glob("*.yaml"):
+        used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", f.read_text()))
+    settings, _ = read_settings(ROOT / "deploy" / "gateway.docker.yaml", env={})
+    used |= {settings.observer_email_env, settings.observer_password_env, "WGW_WEB_PASSWORD"}
+    assert used <= defined, sorted(used - defined)
