@@ -118,11 +118,20 @@ async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
         comments = "\n".join(f["comment"] for f in annotated)
         assert "ticket.closed #4 status open->closed" in comments
         assert "<- demo-receiver: delivered HTTP 200" in comments
+        # The demo's gateway log (kept while it runs) holds none of the demo's secrets.
+        workdir = Path(re.search(r"config in (\S+)\)", out).group(1))
+        secret = re.search(r"whsec_[A-Za-z0-9+/=]+", (workdir / "rules" / "demo.yaml").read_text()).group(0)
+        gateway_log = (workdir / "gateway.log").read_text()
+        assert "observer connected" in gateway_log
+        for value in (secret, password, demo.API_KEY, seed.API_TOKEN, "eyJ"):
+            assert value not in gateway_log
+        _check_no_secrets(out)
         proc.send_signal(signal.SIGINT)
         rc = await asyncio.to_thread(proc.wait, 40)
         await reader
         assert rc == 0, "".join(lines)
         assert "stopping" in "".join(lines)
+        assert not workdir.exists()
         with socket.socket() as sock:  # the gateway is gone with the demo
             assert sock.connect_ex(("127.0.0.1", port)) != 0
     finally:
