@@ -117,16 +117,52 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, dict
 
 
 class Inferrer:
-    """Observations in, events out. One instance per process; its state may be shared (Redis)."""
+    """Observations in, events out. One instance per process; its state may be shared (Redis).
+
+    Two steps, so that a crash never loses an event another replica would have emitted:
+    `infer()` reads the state and keeps its own writes in an overlay; the caller puts the
+    deliveries in the outbox, then `commit()` marks the events seen and writes the state. A
+    replica dying in between leaves the state untouched, so another one infers the same change
+    again, under the same ids (the outbox ignores a delivery id it already holds).
+    """
 
     def __init__(self, state: StateStore, settings: InferSettings | None = None) -> None:
         self.state = state
         self.settings = settings or InferSettings()
+        self._overlay: dict[str, Any] = {}
+        self._writes: list[tuple[str, Any, float | None]] = []
 
     async def observe(self, obs: RestCall | SocketEvent) -> list[Event]:
+        """`infer` then `commit`: the events that were new (for callers with no outbox)."""
+        events = await self.infer(obs)
+        first = await self.commit(events)
+        return [e for e, new in zip(events, first) if new]
+
+    async def infer(self, obs: RestCall | SocketEvent) -> list[Event]:
         if isinstance(obs, SocketEvent):
             return await self._socket(obs)
         return await self._rest(obs)
+
+    async def commit(self, events: list[Event]) -> list[bool]:
+        """Mark `events` seen and write the state `infer` computed. For each event: True if this
+        call was the first to mark it (False: a replica or an earlier copy got there first)."""
+        writes, self._writes, self._overlay = self._writes, [], {}
+        first = [await self.state.add_once(f"e:{e.id}", self.settings.dedup_ttl_s) for e in events]
+        for key, value, ttl in writes:
+            await self.state.set(key, value, ttl)
+        return first
+
+    async def _get(self, key: str) -> Any:
+        if key in self._overlay:
+            return self._overlay[key]
+        return await self.state.get(key)
+
+    def _set(self, key: str, value: Any, ttl: float | None) -> None:
+        self._overlay[key] = value
+        self._writes.append((key, value, ttl))
+
+    async def _seen(self, event_id: str) -> bool:
+        return bool(await self._get(f"e:{event_id}"))
 
     # -- sources -------------------------------------------------------------------------------
     async def _socket(self, ev: SocketEvent) -> list[Event]:
@@ -146,7 +182,7 @@ class Inferrer:
             return []
         body = call.response_json
         if call.kind == routes.TICKET_DELETE:
-            await self.state.set(self._tkey(call.tenant_id, _int(call.params.get("ticketId"))), None, 1)
+            self._set(self._tkey(call.tenant_id, _int(call.params.get("ticketId"))), None, 1)
             return []
         if call.kind == routes.TICKET_LIST and isinstance(body, dict):
             out: list[Event] = []
@@ -168,9 +204,9 @@ class Inferrer:
         body = call.request_json if isinstance(call.request_json, dict) else {}
         ttl = self.settings.hint_ttl_s
         if call.kind == routes.TICKET_CREATE and _int(body.get("contactId")) is not None:
-            await self.state.set(f"hint:c:{_int(body.get('contactId'))}", True, ttl)
+            self._set(f"hint:c:{_int(body.get('contactId'))}", True, ttl)
         elif call.kind == routes.EXT_CREATE_TICKET and body.get("number"):
-            await self.state.set(f"hint:n:{body.get('number')}", True, ttl)
+            self._set(f"hint:n:{body.get('number')}", True, ttl)
 
     # -- tickets -------------------------------------------------------------------------------
     @staticmethod
@@ -180,9 +216,9 @@ class Inferrer:
     async def _origin(self, ticket: Mapping[str, Any]) -> str:
         contact = ticket.get("contact") if isinstance(ticket.get("contact"), dict) else {}
         cid = _int(ticket.get("contactId")) or _int(contact.get("id"))
-        if cid is not None and await self.state.get(f"hint:c:{cid}"):
+        if cid is not None and await self._get(f"hint:c:{cid}"):
             return model.ORIGIN_AGENT
-        if contact.get("number") and await self.state.get(f"hint:n:{contact.get('number')}"):
+        if contact.get("number") and await self._get(f"hint:n:{contact.get('number')}"):
             return model.ORIGIN_AGENT
         if ticket.get("isActiveDemand") is True and ticket.get("isCreated") is not True:
             return model.ORIGIN_AGENT
@@ -203,12 +239,12 @@ class Inferrer:
             return []
         tenant_id = tenant_id if tenant_id is not None else _int(ticket.get("tenantId"))
         key = self._tkey(tenant_id, ticket_id)
-        old = await self.state.get(key)
+        old = await self._get(key)
         if old is not None and is_stale(old, ticket):
             return []
         new = snapshot(ticket)
         if old is None:
-            await self.state.set(key, new, self.settings.ticket_ttl_s)
+            self._set(key, new, self.settings.ticket_ttl_s)
             if not (may_create and looks_new(ticket)):
                 return []  # first sighting of an old ticket: no event
             origin = await self._origin(ticket)
@@ -218,9 +254,9 @@ class Inferrer:
             return await self._emit([(model.TICKET_CREATED, changes, eid, origin)], ticket, tenant_id, ticket_id, ts, source, flow_id)
         if all(old.get(f) == new[f] for f in TRACKED):
             if old.get("updatedAt") != new["updatedAt"] and new["updatedAt"] is not None:
-                await self.state.set(key, new, self.settings.ticket_ttl_s)
+                self._set(key, new, self.settings.ticket_ttl_s)
             return []
-        await self.state.set(key, new, self.settings.ticket_ttl_s)
+        self._set(key, new, self.settings.ticket_ttl_s)
         found = []
         for etype, changes in diff(old, new):
             eid = stable_id("evt", tenant_id, ticket_id, etype,
@@ -231,11 +267,12 @@ class Inferrer:
     async def _emit(self, found, ticket, tenant_id, ticket_id, ts, source, flow_id) -> list[Event]:
         if not found:
             return []
-        last = await self.state.get(f"m:{tenant_id}:{ticket_id}")
+        last = await self._get(f"m:{tenant_id}:{ticket_id}")
         out = []
         for etype, changes, eid, origin in found:
-            if not await self.state.add_once(f"e:{eid}", self.settings.dedup_ttl_s):
+            if await self._seen(eid):
                 continue
+            self._overlay[f"e:{eid}"] = True  # a second copy within this record is no new event
             out.append(Event(eid, etype, tenant_id, ticket_id, ts, dict(ticket), last, changes, origin, source, flow_id))
         return out
 
@@ -251,11 +288,12 @@ class Inferrer:
         tenant_id = tenant_id if tenant_id is not None else _int(message.get("tenantId"))
         etype = model.MESSAGE_SENT if message["fromMe"] else model.MESSAGE_RECEIVED
         eid = stable_id("evt", tenant_id, "message", mid)
-        if not await self.state.add_once(f"e:{eid}", self.settings.dedup_ttl_s):
+        if await self._seen(eid):
             return []
+        self._overlay[f"e:{eid}"] = True
         if etype == model.MESSAGE_RECEIVED and ticket_id is not None:
             kept = {k: v for k, v in message.items() if k not in _MESSAGE_DROP}
-            await self.state.set(f"m:{tenant_id}:{ticket_id}", kept, self.settings.ticket_ttl_s)
+            self._set(f"m:{tenant_id}:{ticket_id}", kept, self.settings.ticket_ttl_s)
         ticket_view = dict(ticket)
         if ticket_id is not None:
             ticket_view.setdefault("id", ticket_id)

@@ -162,18 +162,16 @@ class Pipeline:
         for obs in result.observations:
             metrics.OBSERVATIONS.labels("rest" if isinstance(obs, RestCall) else "socket").inc()
             try:
-                events = await self.inferrer.observe(obs)
+                events = await self.inferrer.infer(obs)
             except Exception as exc:
                 metrics.STAGE_ERRORS.labels("infer").inc()
                 self.errors.error("infer", "inference failed for an observation", error=repr(exc),
                                   flow_id=record.flow_id)
                 continue
             for event in events:
-                metrics.EVENTS.labels(event.type).inc()
-                log.info("event", event_id=event.id, type=event.type, ticket_id=event.ticket_id,
-                         tenant_id=event.tenant_id, changes=_changes_text(event), flow_id=event.flow_id)
                 result.events.append(event)
                 await self._deliver(event, result)
+        await self._commit(result)
         if self.on_result is not None and (result.events or result.deliveries):
             try:
                 self.on_result(result)
@@ -181,6 +179,22 @@ class Pipeline:
                 metrics.STAGE_ERRORS.labels("annotate").inc()
                 self.errors.error("annotate", "flow annotation failed", error=repr(exc))
         return result
+
+    async def _commit(self, result: Result) -> None:
+        """After the outbox has the deliveries: mark the events seen, write the ticket state."""
+        try:
+            first = await self.inferrer.commit(result.events)
+        except Exception as exc:
+            metrics.STAGE_ERRORS.labels("state").inc()
+            self.errors.error("state", "state store write failed", error=repr(exc), flow_id=result.record.flow_id)
+            return
+        for event, new in zip(result.events, first):
+            if not new:  # another replica inferred it at the same moment: one delivery all the same
+                metrics.EVENTS_DUPLICATE.inc()
+                continue
+            metrics.EVENTS.labels(event.type).inc()
+            log.info("event", event_id=event.id, type=event.type, ticket_id=event.ticket_id,
+                     tenant_id=event.tenant_id, changes=_changes_text(event), flow_id=event.flow_id)
 
     async def _deliver(self, event: Event, result: Result) -> None:
         try:
