@@ -28,12 +28,24 @@ def initial_rules(settings: Settings) -> RuleSet:
     """The rules at start. Broken rules do not keep the proxy down: it starts routing nothing,
     says why, and the hot reload picks up the fixed file."""
     try:
-        return load_rules(settings.rules_dir, settings)
+        rules = load_rules(settings.rules_dir, settings)
+        register_rule_secrets(rules)
+        return rules
     except ConfigError as exc:
         for issue in exc.issues:
             log.error("rules refused at start: nothing is routed until they are fixed", issue=str(issue))
         metrics.RULES_RELOADS.labels("refused").inc()
         return RuleSet()
+
+
+def register_rule_secrets(rules: RuleSet) -> None:
+    """Mask every target's API key and signing secrets in logs, whatever the log line calls them."""
+    from addons.logs import register_secret
+
+    for target in rules.targets.values():
+        register_secret(target.api_key)
+        for secret in target.secrets:
+            register_secret(secret)
 
 
 def make_state(settings: Settings):
@@ -89,11 +101,12 @@ class Services:
         await self.sender.start()
         self.pipeline.start()
         if s.metrics_port:
-            from addons.ops import OpsServer, tcp_listening
+            from addons.ops import OpsServer, directory_writable, tcp_listening
 
             self.ops = OpsServer(s.metrics_host, s.metrics_port)
             self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
             self.ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
+            self.ops.add_check("data_dir", directory_writable(s.data_dir))
             try:
                 await self.ops.start()
             except OSError as exc:
@@ -102,7 +115,8 @@ class Services:
         if s.rules_reload_s:
             from addons.reload import RulesWatcher
 
-            self.watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s)
+            self.watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
+                                        on_reload=register_rule_secrets)
             self.watcher.start()
         from addons.observer import Observer
 
