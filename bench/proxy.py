@@ -21,9 +21,13 @@ their own process; see bench/common.py for the payloads):
 Websocket frames flow with credit (at most `--ws-window` in flight per socket), so frames/s is
 the saturated rate and the latency (send time written in the frame by the upstream vs receive
 time) is the queueing a browser would see at that rate. Each configuration runs `--seconds`
-per workload (after `--warmup`), configurations alternate over `--rounds` rounds, and the
-table shows the median of the rounds. Between gateway runs the bench waits until every routed
-webhook has reached the receiver, so a delivery backlog never runs into the next measurement.
+per workload (after `--warmup`); the configurations of a workload run back to back in an order
+that rotates over `--rounds` rounds. Rates and latencies are medians over the rounds; ratios
+are medians of each round's ratio (neighbouring runs saw about the same background load).
+"proxy CPU/op" is the proxy process's CPU time (all threads, /proc) per request or frame in the
+measured window: on a shared, noisy machine it is the steadier measure of the gateway's own
+cost. Between gateway runs the bench waits until every routed webhook has reached the
+receiver, so a delivery backlog never runs into the next measurement.
 
     .venv/bin/python bench/proxy.py                 # ~3 minutes on 2 cores
     .venv/bin/python bench/proxy.py --quick         # a few seconds: every row, rough numbers
@@ -60,6 +64,19 @@ from tests.harness import GatewayProcess, rules_yaml  # noqa: E402
 from tests.receivers import free_port  # noqa: E402
 
 CONFIGS = ("direct", "mitmdump", "gateway")
+# Not run unless named in --configs: they split the gateway's cost in two.
+EXTRA_CONFIGS = ("noop", "gateway-s")
+NOOP_ADDON = '''"""A do-nothing addon with the gateway's hooks: what merely having hooks costs."""
+
+
+class Noop:
+    def request(self, flow): pass
+    def response(self, flow): pass
+    def websocket_message(self, flow): pass
+
+
+addons = [Noop()]
+'''
 WORKLOADS = ("rest", "ws-mixed", "ws-paced", "ws-worst")
 
 
@@ -153,27 +170,54 @@ class Sample:
     p99_ms: float
     count: int
     errors: int = 0
-    extra: dict = field(default_factory=dict)
+    cpu_us: float = 0.0  # proxy CPU per request or frame (0 for direct)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far; 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 class Window:
-    """The measured part of a run: after the warm-up, for `seconds`."""
+    """The measured part of a run: after the warm-up, for `seconds`; also the proxy's CPU in it.
 
-    def __init__(self) -> None:
+    CPU seconds per request or frame barely depend on what else the machine runs, unlike
+    rates, so they are the steadier measure of the gateway's own cost on a shared machine.
+    """
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
         self.measuring = False
         self.stopping = False
         self.t0 = self.t1 = 0.0
+        self.cpu = 0.0
 
     async def run(self, warmup: float, seconds: float) -> None:
         await asyncio.sleep(warmup)
+        cpu0 = proc_cpu(self.pid)
         self.measuring, self.t0 = True, time.monotonic()
         await asyncio.sleep(seconds)
         self.measuring, self.t1 = False, time.monotonic()
+        self.cpu = proc_cpu(self.pid) - cpu0
         self.stopping = True
 
+    def sample(self, lat: list[float], errors: int) -> "Sample":
+        n = len(lat)
+        return Sample(n / (self.t1 - self.t0), common.pct(lat, 50) * 1000, common.pct(lat, 99) * 1000, n, errors,
+                      self.cpu * 1e6 / n if self.pid and n else 0.0)
 
-async def rest_load(url: str, seconds: float, warmup: float, concurrency: int) -> Sample:
-    window = Window()
+
+async def rest_load(url: str, seconds: float, warmup: float, concurrency: int, pid: int | None = None) -> Sample:
+    window = Window(pid)
     lat: list[float] = []
     errors = 0
     headers = {"Authorization": "Bearer " + common.bench_token(), "Accept": "application/json"}
@@ -201,13 +245,12 @@ async def rest_load(url: str, seconds: float, warmup: float, concurrency: int) -
         workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await window.run(warmup, seconds)
         await asyncio.wait_for(asyncio.gather(*workers), 30)
-    return Sample(len(lat) / (window.t1 - window.t0), common.pct(lat, 50) * 1000, common.pct(lat, 99) * 1000,
-                  len(lat), errors)
+    return window.sample(lat, errors)
 
 
 async def ws_load(url: str, mode: str, seconds: float, warmup: float, clients: int, window_frames: int,
-                  run_id: str, rate: float = 0.0) -> Sample:
-    window = Window()
+                  run_id: str, rate: float = 0.0, pid: int | None = None) -> Sample:
+    window = Window(pid)
     lat: list[float] = []
     errors = 0
     half = max(1, window_frames // 2)
@@ -256,8 +299,7 @@ async def ws_load(url: str, mode: str, seconds: float, warmup: float, clients: i
         for t in done:
             if t.exception() is not None:
                 errors += 1
-    return Sample(len(lat) / (window.t1 - window.t0), common.pct(lat, 50) * 1000, common.pct(lat, 99) * 1000,
-                  len(lat), errors)
+    return window.sample(lat, errors)
 
 
 # ---- gateway bookkeeping --------------------------------------------------------------------
@@ -306,17 +348,22 @@ async def run_bench(args, workdir: Path) -> dict:
         for name in args.configs:
             if name == "direct":
                 targets[name] = Target(name, upstream)
-            elif name == "mitmdump":
+            elif name in ("mitmdump", "noop"):
                 port = free_port()
                 mitmdump = str(Path(sys.executable).parent / "mitmdump")
+                extra = []
+                if name == "noop":
+                    (workdir / "noop_addon.py").write_text(NOOP_ADDON)
+                    extra = ["-s", str(workdir / "noop_addon.py")]
                 proc = subprocess.Popen([mitmdump, "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1",
-                                         "-p", str(port), "-q"],
-                                        stdout=open(workdir / "mitmdump.log", "ab"), stderr=subprocess.STDOUT)
+                                         "-p", str(port), "-q", *extra],
+                                        stdout=open(workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
                 targets[name] = Target(name, f"http://127.0.0.1:{port}", proc=proc)
                 await wait_http(targets[name].url, proc)
-            elif name == "gateway":
+            elif name in ("gateway", "gateway-s"):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("WHAZING_OBSERVER")}
-                gw = GatewayProcess(workdir / "gateway", upstream, rules_yaml(receiver.url), env=env)
+                gw = GatewayProcess(workdir / name, upstream, rules_yaml(receiver.url), env=env,
+                                    plain_mitmdump=name == "gateway-s")
                 await gw.start(timeout=60)
                 targets[name] = Target(name, gw.url, gateway=gw)
                 await wait_http(gw.url, gw.proc)
@@ -324,23 +371,32 @@ async def run_bench(args, workdir: Path) -> dict:
 
         samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
         gw_work: dict[str, list[dict]] = defaultdict(list)
+        runs = 0
         for r in range(args.rounds):
+            # the configurations of one workload run back to back, in a rotating order, so a
+            # round's ratios compare runs that saw about the same background load
             order = list(args.configs[r % len(args.configs):]) + list(args.configs[:r % len(args.configs)])
-            for name in order:
-                t = targets[name]
-                for wl in args.workloads:
-                    s, work = await one_run(args, t, wl, receiver, f"r{r}{name[:2]}{wl[-2:]}{os.getpid()}")
+            for wl in args.workloads:
+                for name in order:
+                    t = targets[name]
+                    runs += 1
+                    s, work = await one_run(args, t, wl, receiver, f"{os.getpid()}n{runs}")
                     samples[(wl, name)].append(s)
                     if work:
-                        gw_work[wl].append(work)
+                        gw_work[f"{name} {wl}"].append(work)
                     note(f"round {r + 1}/{args.rounds} {wl:8} {name:8} {s.per_s:8.0f}/s p50 {s.p50_ms:6.1f} ms "
-                         f"p99 {s.p99_ms:6.1f} ms" + (f" errors {s.errors}" if s.errors else "")
+                         f"p99 {s.p99_ms:6.1f} ms" + (f" cpu {s.cpu_us:5.0f} us" if s.cpu_us else "")
+                         + (f" errors {s.errors}" if s.errors else "")
                          + (f" | events {work['events']:.0f} delivered {work['delivered']:.0f} "
                             f"drain {work['drain_s']:.1f}s" if work else ""))
 
         profile = None
-        if args.profile and "gateway" in targets:
-            profile = await run_profile(args, targets["gateway"], receiver, Path(args.profile))
+        if args.profile:
+            profile = {}
+            for name in args.profile_configs:
+                if name in targets and name != "direct":
+                    for wl, summary in (await run_profile(args, targets[name], receiver, Path(args.profile))).items():
+                        profile[f"{name} {wl}"] = summary
         result = report(args, samples, gw_work, profile)
         result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         return result
@@ -357,18 +413,20 @@ async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> 
     before = await gateway_counters(t.gateway) if t.gateway else None
     received0 = receiver.count()
     if wl == "rest":
-        s = await rest_load(t.url, args.seconds, args.warmup, args.concurrency)
+        s = await rest_load(t.url, args.seconds, args.warmup, args.concurrency, t.pid)
     else:
         s = await ws_load(t.url, wl.removeprefix("ws-"), args.seconds, args.warmup, args.ws_clients,
-                          args.ws_window, run_id, args.ws_rate)
+                          args.ws_window, run_id, args.ws_rate, t.pid)
     if t.gateway is None:
         return s, None
+    cpu0 = proc_cpu(t.pid)
     drain_s, after = await drain(t.gateway, receiver, received0, args.drain_timeout)
     work = {k: after.get(k, 0.0) - before.get(k, 0.0)
             for k in ("observations", "events", "deliveries_routed", "observations_dropped", "stage_errors",
                       "decode_errors")}
     work["delivered"] = receiver.count() - received0
     work["drain_s"] = drain_s
+    work["drain_cpu_s"] = proc_cpu(t.pid) - cpu0
     return s, work
 
 
@@ -379,22 +437,22 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 
 async def run_profile(args, t: Target, receiver: Receiver, outdir: Path) -> dict:
-    """py-spy the gateway while each websocket workload runs; summarize time spent in addons/."""
+    """py-spy a proxy while each workload runs; summarize where its GIL time went."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy (not a project dependency)")
     outdir.mkdir(parents=True, exist_ok=True)
     result = {}
     for wl in [w for w in args.workloads if w.startswith("ws-")] + (["rest"] if "rest" in args.workloads else []):
-        raw = outdir / f"gateway-{wl}.txt"
+        raw = outdir / f"{t.name}-{wl}.txt"
         spy_proc = subprocess.Popen([spy, "record", "--pid", str(t.pid), "--duration", str(int(args.profile_seconds)),
                                      "--rate", str(_RATE), "--gil", "--format", "raw", "--nonblocking", "--output", str(raw)],
                                     stdout=subprocess.DEVNULL, stderr=open(outdir / "py-spy.log", "ab"))
         await asyncio.sleep(0.5)
         s, work = await one_run(argparse.Namespace(**{**vars(args), "seconds": args.profile_seconds, "warmup": 0.0}),
-                                t, wl, receiver, f"prof{wl[-2:]}{os.getpid()}")
+                                t, wl, receiver, f"{os.getpid()}prof{wl}")
         await asyncio.to_thread(spy_proc.wait, 60)
-        note(f"profile {wl}: {s.per_s:.0f}/s while sampled -> {raw}")
+        note(f"profile {t.name} {wl}: {s.per_s:.0f}/s while sampled -> {raw}")
         result[wl] = summarize_profile(raw, args.profile_top, _RATE * args.profile_seconds) | {"per_s": s.per_s, "work": work}
     return result
 
@@ -460,23 +518,30 @@ def summarize_profile(raw: Path, top: int, core_samples: float) -> dict:
 # ---- report -------------------------------------------------------------------------------
 
 
+def _paired(a: list[Sample], b: list[Sample], key) -> float | None:
+    """Median over rounds of a[i]/b[i]: each round's runs are neighbours in time."""
+    ratios = [key(x) / key(y) for x, y in zip(a, b) if key(y)]
+    return round(common.median(ratios), 3) if ratios else None
+
+
 def report(args, samples, gw_work, profile) -> dict:
     rows = []
     for wl in args.workloads:
-        med = {}
         for name in args.configs:
             ss = samples[(wl, name)]
-            med[name] = Sample(common.median([s.per_s for s in ss]), common.median([s.p50_ms for s in ss]),
-                               common.median([s.p99_ms for s in ss]), sum(s.count for s in ss),
-                               sum(s.errors for s in ss))
-        for name in args.configs:
-            m = med[name]
+            base = {c: samples[(wl, c)] for c in ("mitmdump", "direct") if c in args.configs}
             rows.append({
-                "workload": wl, "config": name, "per_s": round(m.per_s, 1), "p50_ms": round(m.p50_ms, 2),
-                "p99_ms": round(m.p99_ms, 2), "count": m.count, "errors": m.errors,
-                "vs_mitmdump": round(m.per_s / med["mitmdump"].per_s, 3) if "mitmdump" in med and med["mitmdump"].per_s else None,
-                "vs_direct": round(m.per_s / med["direct"].per_s, 3) if "direct" in med and med["direct"].per_s else None,
-                "rounds": [round(s.per_s, 1) for s in samples[(wl, name)]],
+                "workload": wl, "config": name,
+                "per_s": round(common.median([s.per_s for s in ss]), 1),
+                "p50_ms": round(common.median([s.p50_ms for s in ss]), 2),
+                "p99_ms": round(common.median([s.p99_ms for s in ss]), 2),
+                "count": sum(s.count for s in ss), "errors": sum(s.errors for s in ss),
+                "vs_mitmdump": _paired(ss, base["mitmdump"], lambda s: s.per_s) if "mitmdump" in base else None,
+                "vs_direct": _paired(ss, base["direct"], lambda s: s.per_s) if "direct" in base else None,
+                "cpu_us": round(common.median([s.cpu_us for s in ss]), 1) if name != "direct" else None,
+                "cpu_vs_mitmdump": _paired(ss, base["mitmdump"], lambda s: s.cpu_us)
+                if name != "direct" and "mitmdump" in base else None,
+                "rounds": [round(s.per_s, 1) for s in ss],
             })
     work = {wl: {k: round(common.median([w[k] for w in ws]), 2) for k in ws[0]} for wl, ws in gw_work.items()}
     return {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -485,24 +550,29 @@ def report(args, samples, gw_work, profile) -> dict:
 
 def markdown(result: dict) -> str:
     unit = {"rest": "req/s", "ws-mixed": "frames/s", "ws-paced": "frames/s", "ws-worst": "frames/s"}
-    out = ["| workload | config | rate | p50 ms | p99 ms | vs mitmdump | vs direct | rounds |",
-           "|---|---|---:|---:|---:|---:|---:|---|"]
+
+    def ratio(v):
+        return f"{v:.2f}x" if v is not None else "-"
+
+    out = ["| workload | config | rate | p50 ms | p99 ms | vs mitmdump | vs direct | proxy CPU/op | CPU vs mitmdump | rounds |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
-        ratio = lambda v: f"{v:.2f}x" if v is not None else "-"  # noqa: E731
+        cpu = f"{r['cpu_us']:.0f} us" if r["cpu_us"] else "-"
         out.append(f"| {r['workload']} | {r['config']} | {r['per_s']:.0f} {unit[r['workload']]} | {r['p50_ms']:.1f} | "
-                   f"{r['p99_ms']:.1f} | {ratio(r['vs_mitmdump'])} | {ratio(r['vs_direct'])} | "
-                   f"{' / '.join(f'{x:.0f}' for x in r['rounds'])} |")
+                   f"{r['p99_ms']:.1f} | {ratio(r['vs_mitmdump'])} | {ratio(r['vs_direct'])} | {cpu} | "
+                   f"{ratio(r['cpu_vs_mitmdump'])} | {' / '.join(f'{x:.0f}' for x in r['rounds'])} |")
     if result["gateway_work"]:
         out += ["", "Gateway work per run (median): observations decoded, events inferred, webhooks routed and"
-                " received, observations dropped (queue full), seconds to drain after the load stopped.", "",
-                "| workload | observations | events | routed | delivered | dropped | errors | drain s |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                " received, observations dropped (queue full), seconds (and gateway CPU seconds) to deliver"
+                " the backlog after the load stopped.", "",
+                "| config, workload | observations | events | routed | delivered | dropped | errors | drain s | drain CPU s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for wl, w in result["gateway_work"].items():
             out.append(f"| {wl} | {w['observations']:.0f} | {w['events']:.0f} | {w['deliveries_routed']:.0f} | "
                        f"{w['delivered']:.0f} | {w['observations_dropped']:.0f} | "
-                       f"{w['stage_errors'] + w['decode_errors']:.0f} | {w['drain_s']:.1f} |")
+                       f"{w['stage_errors'] + w['decode_errors']:.0f} | {w['drain_s']:.1f} | {w['drain_cpu_s']:.2f} |")
     for wl, p in (result.get("profile") or {}).items():
-        out += ["", f"Profile of the gateway process under {wl} ({p['per_s']:.0f}/s while sampled; "
+        out += ["", f"Profile of {wl} ({p['per_s']:.0f}/s while sampled; "
                 f"GIL held {p.get('cpu_pct_of_core', 0)}% of the time, {p['samples']} samples), in % of wall time:", ""]
         out += [f"- {area}: {share}%" for area, share in p.get("areas", {}).items()]
         out += ["", "| addons/ function (inclusive) | % of time |", "|---|---:|"]
@@ -516,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per configuration and workload (default 3)")
+    p.add_argument("--seconds", type=float, default=2.5, help="measured seconds per configuration and workload (default 2.5)")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of load before measuring (default 0.5)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, configurations alternating; medians reported (default 3)")
     p.add_argument("--concurrency", type=int, default=8, help="REST requests in flight (default 8)")
@@ -524,13 +594,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws-window", type=int, default=16, help="frames in flight per websocket (default 16)")
     p.add_argument("--ws-rate", type=float, default=50.0,
                    help="ws-paced: broadcasts/s (each reaches every websocket; default 50)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)} (also: noop = mitmdump -s a do-nothing addon"
+                   " with the same hooks; gateway-s = mitmdump -q -s addons/gateway.py)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for the gateway's backlog")
     p.add_argument("--quick", action="store_true", help="1 round of 0.5 s per row: checks the bench, not the gateway")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", metavar="DIR", help="keep configs and logs here (default: a temporary folder)")
     p.add_argument("--profile", metavar="DIR", help="after the table, py-spy the gateway under each workload; raw stacks to DIR")
+    p.add_argument("--profile-configs", default="gateway",
+                   help="comma list of the proxies to profile (default gateway; e.g. mitmdump,gateway)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="seconds sampled per workload (default 10)")
     p.add_argument("--profile-top", type=int, default=15, help="functions listed per profile (default 15)")
     return p
@@ -540,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.workloads = [w for w in args.workloads.split(",") if w]
-    bad = [c for c in args.configs if c not in CONFIGS] + [w for w in args.workloads if w not in WORKLOADS]
+    args.profile_configs = [c for c in args.profile_configs.split(",") if c]
+    bad = [c for c in args.configs + args.profile_configs if c not in CONFIGS + EXTRA_CONFIGS] + \
+        [w for w in args.workloads if w not in WORKLOADS]
     if bad:
         build_parser().error(f"unknown config or workload: {', '.join(bad)}")
     if args.quick:

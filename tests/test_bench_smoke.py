@@ -39,9 +39,9 @@ def test_quick_bench_gives_every_row(tmp_path):
     assert rows[("rest", "mitmdump")]["vs_mitmdump"] == 1.0
     # the gateway did its real job under load: events inferred and delivered, nothing dropped
     work = result["gateway_work"]
-    assert work["ws-worst"]["events"] > 0
-    assert work["ws-worst"]["delivered"] == work["ws-worst"]["deliveries_routed"] > 0
-    assert work["ws-mixed"]["events"] > 0
+    assert work["gateway ws-worst"]["events"] > 0
+    assert work["gateway ws-worst"]["delivered"] == work["gateway ws-worst"]["deliveries_routed"] > 0
+    assert work["gateway ws-mixed"]["events"] > 0
     assert all(w["observations_dropped"] == 0 and w["stage_errors"] == 0 for w in work.values())
     # the markdown table went to stdout
     assert "| ws-worst | gateway |" in proc.stdout and "vs mitmdump" in proc.stdout
