@@ -88,3 +88,34 @@ async def test_large_bodies_stream_and_headers_pass_untouched(tmp_path):
     finally:
         await gw.stop()
         await runner.cleanup()
+
+
+async def test_compressed_large_socket_frame_is_inspected_and_forwarded_intact(tmp_path):
+    """Whazing's server deflates frames of 32 KB and more (permessage-deflate): the gateway must
+    read the decompressed push and forward the frame intact."""
+    import json
+
+    runner, upstream = await start_echo()
+    receiver = await Receiver().start()
+    gw = await GatewayProcess(tmp_path, upstream, rules_yaml(receiver.url())).start()
+    try:
+        body = "Segue o contrato: " + "cláusula " * 7000  # ~63 KB of text
+        frame = "42" + json.dumps(["1:ticketList", {"type": "chat:create", "payload": {
+            "id": "3EB0BIGFRAME", "body": body, "fromMe": False, "ticketId": 77, "mediaType": "chat",
+            "ticket": {"id": 77, "status": "open", "queueId": 2, "whatsappId": 1, "isGroup": False,
+                       "contact": {"id": 5, "name": "Ana", "number": "5511999990005"}}}}], ensure_ascii=False)
+        assert len(frame.encode()) > 60_000
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(gw.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket",
+                                    compress=15, max_msg_size=0) as ws:
+                assert ws.compress == 15  # permessage-deflate negotiated through the proxy
+                await ws.send_str(frame)
+                echoed = await ws.receive(timeout=20)
+                assert echoed.data == frame
+        [got] = await receiver.wait_for(1, timeout=30)
+        delivered = got.json()
+        assert delivered["type"] == "message.received" and delivered["data"]["message"]["body"] == body
+    finally:
+        await gw.stop()
+        await receiver.stop()
+        await runner.cleanup()
