@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import structlog
 
 from addons import model
-from addons.decode import RestCall, SocketEvent, routes
+from addons.decode import RestCall, SocketEvent, as_int, routes
 from addons.model import Event, stable_id
 from addons.state import StateStore
 
@@ -39,16 +39,6 @@ class InferSettings:
     hint_ttl_s: float = 60
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.isdigit():
-        return int(v)
-    return None
-
-
 def _ts(iso: Any) -> float | None:
     if not isinstance(iso, str):
         return None
@@ -59,7 +49,7 @@ def _ts(iso: Any) -> float | None:
 
 
 def _is_ticket(obj: Any) -> bool:
-    return isinstance(obj, dict) and _int(obj.get("id")) is not None and isinstance(obj.get("status"), str)
+    return isinstance(obj, dict) and as_int(obj.get("id")) is not None and isinstance(obj.get("status"), str)
 
 
 def snapshot(ticket: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,7 +172,7 @@ class Inferrer:
             return []
         body = call.response_json
         if call.kind == routes.TICKET_DELETE:
-            self._set(self._tkey(call.tenant_id, _int(call.params.get("ticketId"))), None, 1)
+            self._set(self._tkey(call.tenant_id, as_int(call.params.get("ticketId"))), None, 1)
             return []
         if call.kind == routes.TICKET_LIST and isinstance(body, dict):
             out: list[Event] = []
@@ -203,8 +193,8 @@ class Inferrer:
         """
         body = call.request_json if isinstance(call.request_json, dict) else {}
         ttl = self.settings.hint_ttl_s
-        if call.kind == routes.TICKET_CREATE and _int(body.get("contactId")) is not None:
-            self._set(f"hint:c:{_int(body.get('contactId'))}", True, ttl)
+        if call.kind == routes.TICKET_CREATE and as_int(body.get("contactId")) is not None:
+            self._set(f"hint:c:{as_int(body.get('contactId'))}", True, ttl)
         elif call.kind == routes.EXT_CREATE_TICKET and body.get("number"):
             self._set(f"hint:n:{body.get('number')}", True, ttl)
 
@@ -215,7 +205,7 @@ class Inferrer:
 
     async def _origin(self, ticket: Mapping[str, Any]) -> str:
         contact = ticket.get("contact") if isinstance(ticket.get("contact"), dict) else {}
-        cid = _int(ticket.get("contactId")) or _int(contact.get("id"))
+        cid = as_int(ticket.get("contactId")) or as_int(contact.get("id"))
         if cid is not None and await self._get(f"hint:c:{cid}"):
             return model.ORIGIN_AGENT
         if contact.get("number") and await self._get(f"hint:n:{contact.get('number')}"):
@@ -234,10 +224,10 @@ class Inferrer:
         *,
         may_create: bool = True,
     ) -> list[Event]:
-        ticket_id = _int(ticket.get("id"))
+        ticket_id = as_int(ticket.get("id"))
         if ticket_id is None or not isinstance(ticket.get("status"), str):
             return []
-        tenant_id = tenant_id if tenant_id is not None else _int(ticket.get("tenantId"))
+        tenant_id = tenant_id if tenant_id is not None else as_int(ticket.get("tenantId"))
         key = self._tkey(tenant_id, ticket_id)
         old = await self._get(key)
         if old is not None and is_stale(old, ticket):
@@ -284,8 +274,8 @@ class Inferrer:
         if mid is None or not isinstance(message.get("fromMe"), bool):
             return []
         ticket = message.get("ticket") if isinstance(message.get("ticket"), dict) else {}
-        ticket_id = _int(message.get("ticketId")) or _int(ticket.get("id"))
-        tenant_id = tenant_id if tenant_id is not None else _int(message.get("tenantId"))
+        ticket_id = as_int(message.get("ticketId")) or as_int(ticket.get("id"))
+        tenant_id = tenant_id if tenant_id is not None else as_int(message.get("tenantId"))
         etype = model.MESSAGE_SENT if message["fromMe"] else model.MESSAGE_RECEIVED
         eid = stable_id("evt", tenant_id, "message", mid)
         if await self._seen(eid):

@@ -22,7 +22,7 @@ from addons.decode.socketio import (
 )
 from addons.traffic import HttpExchange, HttpRequestSeen, Record, WsFrame
 
-__all__ = ["RestCall", "SocketEvent", "Observation", "decode", "DecodeError", "BodyError"]
+__all__ = ["RestCall", "SocketEvent", "Observation", "decode", "as_int", "DecodeError", "BodyError"]
 
 # Socket event channels we read; everything else (whatsapp sessions, users, chat-interno...) is ignored.
 READ_CHANNELS = ("ticketList", "contactList")
@@ -75,7 +75,8 @@ def jwt_claims(authorization: str | None) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-def _int(value: Any) -> int | None:
+def asas_int(value: Any) -> int | None:
+    """Whazing ids: integers, sometimes digit strings (route params, event names); never booleans."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -95,7 +96,7 @@ def socket_event(data: list[Any], ts: float, flow_id: str | None) -> SocketEvent
     if not isinstance(body, dict):
         raise DecodeError(f"{name} event without an object payload")
     kind = body.get("type")
-    return SocketEvent(_int(tenant), channel, kind if isinstance(kind, str) else None,
+    return SocketEvent(as_int(tenant), channel, kind if isinstance(kind, str) else None,
                        body.get("payload"), ts, flow_id)
 
 
@@ -157,11 +158,11 @@ def decode(record: Record, json_limit: int = 1 << 20) -> list[Observation]:
         req = parse_json(record.body, record.headers.get("content-encoding"), json_limit) \
             if "json" in record.headers.get("content-type", "") else None
         return [RestCall(route.kind, route.params, record.method, record.path, None, req, None,
-                         _int(claims.get("tenantId")), _int(claims.get("id")), record.ts, record.flow_id)]
+                         as_int(claims.get("tenantId")), as_int(claims.get("id")), record.ts, record.flow_id)]
     claims = jwt_claims(record.req_headers.get("authorization"))
     req = parse_json(record.req_body, record.req_headers.get("content-encoding"), json_limit) \
         if "json" in record.req_headers.get("content-type", "") else None
     resp = parse_json(record.resp_body, record.resp_headers.get("content-encoding"), json_limit) \
         if "json" in record.resp_headers.get("content-type", "") else None
     return [RestCall(route.kind, route.params, record.method, record.path, record.status, req, resp,
-                     _int(claims.get("tenantId")), _int(claims.get("id")), record.ts, record.flow_id)]
+                     as_int(claims.get("tenantId")), as_int(claims.get("id")), record.ts, record.flow_id)]
