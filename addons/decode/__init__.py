@@ -75,7 +75,7 @@ def jwt_claims(authorization: str | None) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-def asas_int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     """Whazing ids: integers, sometimes digit strings (route params, event names); never booleans."""
     if isinstance(value, bool):
         return None
