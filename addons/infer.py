@@ -48,6 +48,23 @@ def _ts(iso: Any) -> float | None:
         return None
 
 
+# Payload times further than this from when we saw them are not trusted (a skewed clock, junk).
+MAX_CLOCK_SKEW_S = 300.0
+
+
+def event_time(payload_time: Any, observed: float) -> float:
+    """When a change happened, as Whazing's own record says (`updatedAt`, `createdAt`).
+
+    Deterministic, unlike the moment one process happened to see it: replicas that each infer
+    the same change stamp it alike, so per-ticket order across replicas is Whazing's order.
+    Falls back to `observed` when the payload has no usable time.
+    """
+    t = _ts(payload_time)
+    if t is None or abs(t - observed) > MAX_CLOCK_SKEW_S:
+        return observed
+    return t
+
+
 def _is_ticket(obj: Any) -> bool:
     return isinstance(obj, dict) and as_int(obj.get("id")) is not None and isinstance(obj.get("status"), str)
 
@@ -241,7 +258,8 @@ class Inferrer:
             changes = {f: (None, new[f]) for f in TRACKED if new[f] is not None}
             marker = ticket.get("createdAt") or ticket.get("updatedAt")
             eid = stable_id("evt", tenant_id, ticket_id, model.TICKET_CREATED, marker)
-            return await self._emit([(model.TICKET_CREATED, changes, eid, origin)], ticket, tenant_id, ticket_id, ts, source, flow_id)
+            when = event_time(marker, ts)
+            return await self._emit([(model.TICKET_CREATED, changes, eid, origin)], ticket, tenant_id, ticket_id, when, source, flow_id)
         if all(old.get(f) == new[f] for f in TRACKED):
             if old.get("updatedAt") != new["updatedAt"] and new["updatedAt"] is not None:
                 self._set(key, new, self.settings.ticket_ttl_s)
@@ -252,7 +270,7 @@ class Inferrer:
             eid = stable_id("evt", tenant_id, ticket_id, etype,
                             *(f"{f}={old.get(f)}>{new[f]}" for f in TRACKED), new["updatedAt"])
             found.append((etype, changes, eid, None))
-        return await self._emit(found, ticket, tenant_id, ticket_id, ts, source, flow_id)
+        return await self._emit(found, ticket, tenant_id, ticket_id, event_time(new["updatedAt"], ts), source, flow_id)
 
     async def _emit(self, found, ticket, tenant_id, ticket_id, ts, source, flow_id) -> list[Event]:
         if not found:
@@ -287,6 +305,7 @@ class Inferrer:
         ticket_view = dict(ticket)
         if ticket_id is not None:
             ticket_view.setdefault("id", ticket_id)
-        return [Event(eid, etype, tenant_id, ticket_id, ts, ticket_view, dict(message), {}, None, "socket", flow_id)]
+        when = event_time(message.get("createdAt"), ts)
+        return [Event(eid, etype, tenant_id, ticket_id, when, ticket_view, dict(message), {}, None, "socket", flow_id)]
 
 

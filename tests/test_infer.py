@@ -140,3 +140,22 @@ async def test_junk_payloads_are_ignored(payload):
     inf = Inferrer(MemoryState())
     assert await inf.observe(SocketEvent(1, "ticketList", "ticket:update", payload, 1.0)) == []
     assert await inf.observe(SocketEvent(1, "ticketList", "chat:create", payload, 1.0)) == []
+
+
+async def test_event_time_is_whazings_not_the_observers():
+    """Replicas stamp a change alike: the time comes from the payload, not from when it was seen."""
+    import datetime as dt
+
+    seen_at = dt.datetime(2026, 11, 26, 10, 0, 30, tzinfo=dt.timezone.utc).timestamp()
+    a, b = Inferrer(MemoryState()), Inferrer(MemoryState())
+    t = ticket(id=9, isCreated=True, createdAt="2026-11-26T10:00:00.250Z", updatedAt="2026-11-26T10:00:00.250Z")
+    [ea] = await a.observe(SocketEvent(1, "ticketList", "ticket:update", t, seen_at, "f"))
+    [eb] = await b.observe(SocketEvent(1, "ticketList", "ticket:update", t, seen_at + 0.7, "f"))
+    assert ea.ts == eb.ts == seen_at - 29.75
+    m = {"id": "Z1", "fromMe": False, "ticketId": 9, "createdAt": "2026-11-26T10:00:00.300Z", "ticket": {"id": 9}}
+    [em] = await a.observe(SocketEvent(1, "ticketList", "chat:create", m, seen_at + 2, "f"))
+    assert em.ts == seen_at - 29.7
+    # no time, or an absurd one: when it was seen
+    junk = {**m, "id": "Z2", "createdAt": "1999-01-01T00:00:00Z"}
+    [ej] = await a.observe(SocketEvent(1, "ticketList", "chat:create", junk, seen_at, "f"))
+    assert ej.ts == seen_at
