@@ -368,6 +368,7 @@ async def run_bench(args, workdir: Path) -> dict:
                 targets[name] = Target(name, gw.url, gateway=gw)
                 await wait_http(gw.url, gw.proc)
         note(f"upstream {upstream}; " + ", ".join(f"{t.name} {t.url}" for t in targets.values()))
+        idle = await idle_cpu(targets, args.idle_seconds)
 
         samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
         gw_work: dict[str, list[dict]] = defaultdict(list)
@@ -399,6 +400,7 @@ async def run_bench(args, workdir: Path) -> dict:
                         profile[f"{name} {wl}"] = summary
         result = report(args, samples, gw_work, profile)
         result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        result["idle_cpu_pct"] = idle
         return result
     finally:
         for t in targets.values():
@@ -407,6 +409,16 @@ async def run_bench(args, workdir: Path) -> dict:
             stop_proc(t.proc)
         stop_proc(receiver.proc)
         stop_proc(up_proc)
+
+
+async def idle_cpu(targets: dict[str, Target], seconds: float) -> dict[str, float]:
+    """Each proxy's CPU use with no traffic (timers, polls): a floor under every CPU/op figure."""
+    pids = {name: t.pid for name, t in targets.items() if t.pid is not None}
+    before = {name: proc_cpu(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    wall = time.monotonic() - t0
+    return {name: round(100 * (proc_cpu(pid) - before[name]) / wall, 2) for name, pid in pids.items()}
 
 
 async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> tuple[Sample, dict | None]:
@@ -597,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)} (also: noop = mitmdump -s a do-nothing addon"
                    " with the same hooks; gateway-s = mitmdump -q -s addons/gateway.py)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
+    p.add_argument("--idle-seconds", type=float, default=3.0, help="seconds of no traffic to measure idle CPU (default 3)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for the gateway's backlog")
     p.add_argument("--quick", action="store_true", help="1 round of 0.5 s per row: checks the bench, not the gateway")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -619,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         build_parser().error(f"unknown config or workload: {', '.join(bad)}")
     if args.quick:
-        args.seconds, args.warmup, args.rounds = 0.5, 0.2, 1
+        args.seconds, args.warmup, args.rounds, args.idle_seconds = 0.5, 0.2, 1, 0.5
         args.profile_seconds = min(args.profile_seconds, 2.0)
     if args.workdir:
         workdir = Path(args.workdir)
@@ -630,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(run_bench(args, Path(tmp)))
     sys.stdout.write(f"{result['machine']}, load average {result['load_avg'][0]} before / {result['load_avg'][1]} after; "
                      f"{args.rounds} round(s) x {args.seconds:g} s; REST concurrency {args.concurrency}; "
-                     f"{args.ws_clients} websockets, window {args.ws_window}, paced {args.ws_rate:g} broadcasts/s\n\n")
+                     f"{args.ws_clients} websockets, window {args.ws_window}, paced {args.ws_rate:g} broadcasts/s\n")
+    sys.stdout.write("idle CPU (no traffic): " + ", ".join(f"{k} {v:g}%" for k, v in result["idle_cpu_pct"].items())
+                     + "\n\n")
     sys.stdout.write(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))

@@ -44,6 +44,7 @@ def test_quick_bench_gives_every_row(tmp_path):
     assert work["gateway ws-mixed"]["events"] > 0
     assert all(w["observations_dropped"] == 0 and w["stage_errors"] == 0 for w in work.values())
     # the markdown table went to stdout
+    assert set(result["idle_cpu_pct"]) == {"mitmdump", "gateway"}
     assert "| ws-worst | gateway |" in proc.stdout and "vs mitmdump" in proc.stdout
 
 
