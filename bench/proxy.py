@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -315,7 +315,7 @@ async def gateway_counters(gw: GatewayProcess) -> dict[str, float]:
     return out
 
 
-async def drain(gw: GatewayProcess, receiver: Receiver, before_received: int, timeout: float) -> tuple[float, dict]:
+async def drain(gw: GatewayProcess, receiver: Receiver, timeout: float) -> tuple[float, dict]:
     """Wait until the pipeline has stopped producing and every routed webhook has arrived."""
     t0 = time.monotonic()
     last = None
@@ -432,7 +432,7 @@ async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> 
     if t.gateway is None:
         return s, None
     cpu0 = proc_cpu(t.pid)
-    drain_s, after = await drain(t.gateway, receiver, received0, args.drain_timeout)
+    drain_s, after = await drain(t.gateway, receiver, args.drain_timeout)
     work = {k: after.get(k, 0.0) - before.get(k, 0.0)
             for k in ("observations", "events", "deliveries_routed", "observations_dropped", "stage_errors",
                       "decode_errors")}
@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 round of 0.5 s per row: checks the bench, not the gateway")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", metavar="DIR", help="keep configs and logs here (default: a temporary folder)")
-    p.add_argument("--profile", metavar="DIR", help="after the table, py-spy the gateway under each workload; raw stacks to DIR")
+    p.add_argument("--profile", metavar="DIR", help="after the table, py-spy each proxy of --profile-configs under each workload; raw stacks to DIR")
     p.add_argument("--profile-configs", default="gateway",
                    help="comma list of the proxies to profile (default gateway; e.g. mitmdump,gateway)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="seconds sampled per workload (default 10)")
