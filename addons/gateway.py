@@ -168,6 +168,8 @@ class Gateway:
         self.settings = None
         self.services = None
         self.notes = FlowNotes()
+        self.annotate = True
+        self.recording = False
         self.limit: FlowLimit | None = None
         self.errors = ThrottledLog()
 
@@ -177,6 +179,10 @@ class Gateway:
                           "Whazing Gateway main config file (gateway.yaml).")
 
     def configure(self, updated) -> None:
+        if "save_stream_file" in updated:
+            # While a capture is written (`-w` / save_stream_file), websocket history is kept
+            # whole so `replay` sees every frame; otherwise it is trimmed to bound memory.
+            self.recording = bool(getattr(ctx.options, "save_stream_file", None))
         if "whazing_config" not in updated:
             return
         from addons.config import ConfigError, load_settings
@@ -188,19 +194,18 @@ class Gateway:
         except OSError as exc:
             raise exceptions.OptionsError(f"whazing_config: cannot read {ctx.options.whazing_config}: {exc}") from None
 
-    @property
-    def recording(self) -> bool:
-        """While a capture is written (`-w` / save_stream_file), websocket history is kept whole
-        so `replay` sees every frame; otherwise it is trimmed to bound memory."""
-        return bool(getattr(ctx.options, "save_stream_file", None))
-
     def running(self) -> None:
         from addons.services import Services
 
         if ctx.options.deferred:
             log.warning("unknown mitmproxy options ignored (misspelled --set?)", options=sorted(ctx.options.deferred))
         self.limit = FlowLimit(self.settings.max_flows)
-        self.services = Services(self.settings, on_result=self.notes.on_result, on_delivery=self.notes.on_delivery)
+        # Annotations are for eyes (the flow viewer) and for saved captures; without either,
+        # they would only cost time on every event.
+        self.annotate = ctx.master.addons.get("view") is not None or self.recording
+        notes = self.notes if self.annotate else None
+        self.services = Services(self.settings, on_result=notes and notes.on_result,
+                                 on_delivery=notes and notes.on_delivery)
         self.services.start_soon()
 
     async def done(self) -> None:
@@ -210,7 +215,8 @@ class Gateway:
 
     # -- hot path ----------------------------------------------------------------------------
     def _submit(self, flow, record) -> None:
-        self.notes.track(flow)
+        if self.annotate:
+            self.notes.track(flow)
         self.services.pipeline.submit(record)
 
     def request(self, flow) -> None:

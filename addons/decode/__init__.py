@@ -7,6 +7,7 @@ cannot be decoded raises `DecodeError`/`BodyError`; the caller counts it, logs i
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +61,12 @@ class SocketEvent:
 Observation = RestCall | SocketEvent
 
 
+@functools.lru_cache(maxsize=1024)
 def jwt_claims(authorization: str | None) -> dict[str, Any]:
-    """The claims of a bearer JWT, unverified: only used to learn the tenant and user of a call."""
+    """The claims of a bearer JWT, unverified: only used to learn the tenant and user of a call.
+
+    Cached: an agent's browser sends the same token with every call for hours. Callers must not
+    modify the returned dict."""
     if not authorization or not authorization[:7].lower() == "bearer ":
         return {}
     parts = authorization[7:].strip().split(".")
