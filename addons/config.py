@@ -366,7 +366,8 @@ class Settings:
     observer.enabled/email_env/password_env -> observer_*; log.format/level -> log_format/log_level;
     metrics.host/port -> metrics_host/metrics_port (port 0 = off); web.host/port/password ->
     web_*; proxy.stream_large_bodies/inspect_max_bytes/max_flows; delivery.per_ticket_order,
-    delivery.retry_schedule -> retry_schedule, delivery.timeout_ms -> default_timeout_ms.
+    delivery.retry_schedule -> retry_schedule, delivery.timeout_ms -> default_timeout_ms,
+    delivery.worker -> delivery_worker.
     Relative paths are resolved against the folder of gateway.yaml, so `run` works from anywhere.
     """
 
@@ -396,6 +397,7 @@ class Settings:
     inspect_max_bytes: int = 1_048_576
     max_flows: int = 2000
     per_ticket_order: bool = True
+    delivery_worker: str = "process"  # "process": the sender runs in a child process; "inline": in the proxy
     retry_schedule: tuple[float, ...] = model.DEFAULT_RETRY_SCHEDULE
     default_timeout_ms: int = 10_000
 
@@ -403,6 +405,7 @@ class Settings:
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 BACKENDS = ("sqlite", "redis")
+WORKERS = ("process", "inline")
 FORMATS = ("whazing", "envelope")
 KINDS = ("n8n", "generic")
 
@@ -549,6 +552,7 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
     per_ticket_order = delivery.get("per_ticket_order", "bool", d.per_ticket_order)
     retry_schedule = _schedule(delivery, "retry_schedule", d.retry_schedule)
     default_timeout_ms = _positive(delivery, "timeout_ms", "int", d.default_timeout_ms)
+    delivery_worker = _choice(delivery, "worker", WORKERS, d.delivery_worker)
     delivery.done()
 
     top.done()
@@ -580,6 +584,7 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         inspect_max_bytes=inspect_max_bytes,
         max_flows=max_flows,
         per_ticket_order=per_ticket_order,
+        delivery_worker=delivery_worker,
         retry_schedule=retry_schedule,
         default_timeout_ms=default_timeout_ms,
     )

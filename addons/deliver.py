@@ -60,6 +60,19 @@ def build_headers(target: model.Target, delivery: model.Delivery, timestamp: int
     return headers
 
 
+def count_attempt(target: str, outcome: str, latency_s: float, age_s: float) -> None:
+    """The metrics of one attempt. One function, so that a delivery worker's parent process,
+    which learns of attempts through a pipe, counts them exactly as the Sender does."""
+    metrics.DELIVERY_ATTEMPTS.labels(target=target, outcome="success" if outcome == "delivered" else outcome).inc()
+    metrics.DELIVERY_LATENCY.labels(target=target).observe(latency_s)
+    if outcome == "delivered":
+        metrics.DELIVERIES_DONE.labels(target=target, outcome="delivered").inc()
+        metrics.EVENT_TO_DELIVERY.labels(target=target).observe(age_s)
+    elif outcome == "dead":
+        metrics.DELIVERIES_DONE.labels(target=target, outcome="dead").inc()
+        metrics.DEAD_LETTERS.labels(target=target).inc()
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent
     or unreadable. Never negative."""
@@ -263,6 +276,8 @@ class Sender:
         # Optional observer of every attempt: (delivery_id, target, outcome, detail), outcome in
         # delivered | retry | dead. The gateway uses it to annotate flows in the viewer.
         self.on_outcome: Callable[[str, str, str, str], None] | None = None
+        # The same, with the figures a parent process needs to keep its metrics (delivery worker).
+        self.on_attempt: Callable[[dict], None] | None = None
 
     # ---- lifecycle ----
 
@@ -458,8 +473,9 @@ class Sender:
             self._inflight[item.target] = self._inflight.get(item.target, 1) - 1
             self._wake.set()
 
-    def _notify(self, item: OutboxItem, decision: Decision, status: int | None, latency_ms: float) -> None:
-        if self.on_outcome is None:
+    def _notify(self, item: OutboxItem, decision: Decision, status: int | None, latency_ms: float,
+                latency_s: float, age_s: float) -> None:
+        if self.on_outcome is None and self.on_attempt is None:
             return
         if decision.outcome == "delivered":
             detail = f"HTTP {status} in {latency_ms:.0f} ms"
@@ -468,7 +484,11 @@ class Sender:
         else:
             detail = decision.reason or "dead"
         try:
-            self.on_outcome(item.id, item.target, decision.outcome, detail)
+            if self.on_outcome is not None:
+                self.on_outcome(item.id, item.target, decision.outcome, detail)
+            if self.on_attempt is not None:
+                self.on_attempt({"id": item.id, "target": item.target, "outcome": decision.outcome,
+                                 "detail": detail, "latency_s": latency_s, "age_s": age_s})
         except Exception:  # an observer must never break delivery
             log.exception("deliver.on_outcome_failed", delivery_id=item.id)
 
@@ -510,19 +530,15 @@ class Sender:
             retry_after=parse_retry_after(retry_after_raw, now) if status in (429, 503) else None,
             location=location, jitter=self._jitter, rand=self._rand,
         )
-        outcome_label = "success" if decision.outcome == "delivered" else decision.outcome
-        metrics.DELIVERY_ATTEMPTS.labels(target=item.target, outcome=outcome_label).inc()
-        metrics.DELIVERY_LATENCY.labels(target=item.target).observe(latency)
         attempt = Attempt(at=started_at, status_code=status, latency_ms=round(latency * 1000, 3),
                           error=None if decision.outcome == "delivered" else decision.reason)
         await self.outbox.record_attempt(item.id, attempt, decision.outcome, decision.next_at)  # type: ignore[arg-type]
 
-        self._notify(item, decision, status, attempt.latency_ms)
+        count_attempt(item.target, decision.outcome, latency, max(0.0, now - item.created_at))
+        self._notify(item, decision, status, attempt.latency_ms, latency, max(0.0, now - item.created_at))
         breaker = self._breaker(item.target)
         mono = time.monotonic()
         if decision.outcome == "delivered":
-            metrics.DELIVERIES_DONE.labels(target=item.target, outcome="delivered").inc()
-            metrics.EVENT_TO_DELIVERY.labels(target=item.target).observe(max(0.0, now - item.created_at))
             if breaker.success():
                 blog.info("deliver.target_recovered")
             blog.debug("deliver.delivered", status=status, latency_ms=attempt.latency_ms)
@@ -536,8 +552,6 @@ class Sender:
             blog.info("deliver.retry", status=status, reason=decision.reason,
                       in_s=round((decision.next_at or now) - now, 3))
             return
-        metrics.DELIVERIES_DONE.labels(target=item.target, outcome="dead").inc()
-        metrics.DEAD_LETTERS.labels(target=item.target).inc()
         blog.warning("deliver.dead_letter", status=status, reason=decision.reason, attempts=item.attempts + 1)
         if decision.pause:
             pause = TargetPause(target=item.target, url=target.url, reason=decision.reason or "410 Gone", at=now)

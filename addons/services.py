@@ -15,6 +15,7 @@ import structlog
 
 from addons import metrics
 from addons.config import ConfigError, Settings, load_rules
+from addons.deliver import Sender
 from addons.infer import Inferrer
 from addons.pipeline import Pipeline, Result
 from addons.route import Router
@@ -64,7 +65,6 @@ class Services:
         on_result: Callable[[Result], None] | None = None,
         on_delivery: Callable[[str, str, str, str], None] | None = None,
     ) -> None:
-        from addons.deliver import Sender
         from addons.outbox import open_outbox
 
         self.settings = settings
@@ -72,9 +72,13 @@ class Services:
         self.router = Router(initial_rules(settings), self.state)
         self.inferrer = Inferrer(self.state)
         self.outbox = open_outbox(settings)
-        self.sender = Sender(self.outbox, lambda: self.router.rules.targets,
-                             per_ticket_order=settings.per_ticket_order)
-        if on_delivery is not None and hasattr(self.sender, "on_outcome"):
+        if settings.delivery_worker == "process" and settings.config_path is not None:
+            from addons.deliver_worker import WorkerProcess
+
+            self.sender = WorkerProcess(settings.config_path, on_delivery=on_delivery)
+        else:
+            self.sender = Sender(self.outbox, lambda: self.router.rules.targets,
+                                 per_ticket_order=settings.per_ticket_order)
             self.sender.on_outcome = on_delivery
         self.pipeline = Pipeline(self.inferrer, self.router.route, self._put,
                                  json_limit=settings.inspect_max_bytes, on_result=on_result,
@@ -98,7 +102,9 @@ class Services:
             await self.outbox.open()
         except Exception as exc:  # the proxy keeps passing traffic; /readyz says why
             log.error("outbox could not be opened: events are inferred but not accepted", error=repr(exc))
-        await self.sender.start()
+        started = self.sender.start()
+        if started is not None:  # the in-process Sender starts asynchronously
+            await started
         self.pipeline.start()
         if s.metrics_port:
             from addons.ops import OpsServer, directory_writable, tcp_listening
@@ -107,6 +113,7 @@ class Services:
             self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
             self.ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
             self.ops.add_check("data_dir", directory_writable(s.data_dir))
+
             try:
                 await self.ops.start()
             except OSError as exc:

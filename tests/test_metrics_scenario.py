@@ -46,8 +46,9 @@ async def test_metrics_after_the_scenario_match_it_exactly(tmp_path):
 
         m = await scrape()
         deadline_checks = 0
-        while metric_sum(m, "whazing_gateway_deliveries_total") < total and deadline_checks < 100:
-            deadline_checks += 1  # the receiver answered; the outcome is recorded right after
+        while (metric_sum(m, "whazing_gateway_deliveries_total") < total
+               or metric_sum(m, "whazing_gateway_outbox_pending") != 0) and deadline_checks < 100:
+            deadline_checks += 1  # the receiver answered; the outcome and backlog are recorded right after
             await asyncio.sleep(0.1)
             m = await scrape()
     finally:
