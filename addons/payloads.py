@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from addons import model
 from addons.rules import channel_of, message_ticket, ticket_contact
