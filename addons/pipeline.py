@@ -93,6 +93,7 @@ class Pipeline:
         *,
         json_limit: int = 1 << 20,
         queue_size: int = 20_000,
+        max_batch: int = 256,
         on_result: Callable[[Result], None] | None = None,
         wake: Callable[[], None] | None = None,
     ) -> None:
@@ -103,6 +104,7 @@ class Pipeline:
         self.on_result = on_result
         self.wake = wake
         self.queue: asyncio.Queue[Record] = asyncio.Queue(queue_size)
+        self.max_batch = max_batch
         self.errors = ThrottledLog()
         self.frames = RecentFrames()
         self._task: asyncio.Task | None = None
@@ -137,17 +139,53 @@ class Pipeline:
 
     async def _run(self) -> None:
         while True:
-            record = await self.queue.get()
+            batch = [await self.queue.get()]
+            # Under load, take what is already queued: one outbox transaction (one fsync) for
+            # the whole batch instead of one per event. With little traffic a batch is one record.
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             try:
-                await self.process(record)
+                await self.process_batch(batch)
             except Exception as exc:  # a bug in a stage must never stop the worker
                 metrics.STAGE_ERRORS.labels("pipeline").inc()
                 self.errors.error("pipeline", "unexpected error in the pipeline", error=repr(exc),
-                                  flow_id=getattr(record, "flow_id", None))
+                                  flow_id=getattr(batch[0], "flow_id", None))
             finally:
-                self.queue.task_done()
+                for _ in batch:
+                    self.queue.task_done()
 
     async def process(self, record: Record) -> Result:
+        return (await self.process_batch([record]))[0]
+
+    async def process_batch(self, records: Sequence[Record]) -> list[Result]:
+        """decode -> infer -> route each record, then ONE outbox put for every delivery, then
+        the inference state is committed (only once the outbox has the deliveries)."""
+        results = [await self._infer_and_route(record) for record in records]
+        deliveries = [d for r in results for d in r.deliveries]
+        if deliveries and self.put is not None:
+            try:
+                await self.put(deliveries)
+            except Exception as exc:
+                metrics.STAGE_ERRORS.labels("outbox").inc()
+                for r in results:
+                    r.accepted = False
+                log.error("outbox write failed: events NOT accepted", error=repr(exc),
+                          event_ids=[e.id for r in results for e in r.events][:20], deliveries=len(deliveries))
+            else:
+                if self.wake is not None:
+                    self.wake()
+        await self._commit([e for r in results for e in r.events])
+        if self.on_result is not None:
+            for result in results:
+                if result.events or result.deliveries:
+                    try:
+                        self.on_result(result)
+                    except Exception as exc:
+                        metrics.STAGE_ERRORS.labels("annotate").inc()
+                        self.errors.error("annotate", "flow annotation failed", error=repr(exc))
+        return results
+
+    async def _infer_and_route(self, record: Record) -> Result:
         result = Result(record)
         if isinstance(record, WsFrame) and self.frames.seen(record.content, record.ts):
             return result
@@ -170,25 +208,18 @@ class Pipeline:
                 continue
             for event in events:
                 result.events.append(event)
-                await self._deliver(event, result)
-        await self._commit(result)
-        if self.on_result is not None and (result.events or result.deliveries):
-            try:
-                self.on_result(result)
-            except Exception as exc:
-                metrics.STAGE_ERRORS.labels("annotate").inc()
-                self.errors.error("annotate", "flow annotation failed", error=repr(exc))
+                await self._route(event, result)
         return result
 
-    async def _commit(self, result: Result) -> None:
+    async def _commit(self, events: list[Event]) -> None:
         """After the outbox has the deliveries: mark the events seen, write the ticket state."""
         try:
-            first = await self.inferrer.commit(result.events)
+            first = await self.inferrer.commit(events)
         except Exception as exc:
             metrics.STAGE_ERRORS.labels("state").inc()
-            self.errors.error("state", "state store write failed", error=repr(exc), flow_id=result.record.flow_id)
+            self.errors.error("state", "state store write failed", error=repr(exc))
             return
-        for event, new in zip(result.events, first):
+        for event, new in zip(events, first):
             if not new:  # another replica inferred it at the same moment: one delivery all the same
                 metrics.EVENTS_DUPLICATE.inc()
                 continue
@@ -196,28 +227,12 @@ class Pipeline:
             log.info("event", event_id=event.id, type=event.type, ticket_id=event.ticket_id,
                      tenant_id=event.tenant_id, changes=_changes_text(event), flow_id=event.flow_id)
 
-    async def _deliver(self, event: Event, result: Result) -> None:
+    async def _route(self, event: Event, result: Result) -> None:
         try:
-            deliveries = await self.route(event)
+            result.deliveries.extend(await self.route(event))
         except Exception as exc:
             metrics.STAGE_ERRORS.labels("route").inc()
             self.errors.error("route", "routing failed for an event", error=repr(exc), event_id=event.id)
-            return
-        if not deliveries:
-            return
-        result.deliveries.extend(deliveries)
-        if self.put is None:
-            return
-        try:
-            await self.put(deliveries)
-        except Exception as exc:
-            result.accepted = False
-            metrics.STAGE_ERRORS.labels("outbox").inc()
-            log.error("outbox write failed: event NOT accepted", error=repr(exc), event_id=event.id,
-                      ticket_id=event.ticket_id, deliveries=len(deliveries))
-            return
-        if self.wake is not None:
-            self.wake()
 
 
 def _changes_text(event: Event) -> str:
