@@ -93,7 +93,7 @@ class Pipeline:
         *,
         json_limit: int = 1 << 20,
         queue_size: int = 20_000,
-        max_batch: int = 256,
+        max_batch: int = 64,
         on_result: Callable[[Result], None] | None = None,
         wake: Callable[[], None] | None = None,
     ) -> None:
@@ -160,7 +160,11 @@ class Pipeline:
     async def process_batch(self, records: Sequence[Record]) -> list[Result]:
         """decode -> infer -> route each record, then ONE outbox put for every delivery, then
         the inference state is committed (only once the outbox has the deliveries)."""
-        results = [await self._infer_and_route(record) for record in records]
+        results = []
+        for record in records:
+            results.append(await self._infer_and_route(record))
+            if len(records) > 1:
+                await asyncio.sleep(0)  # the proxy shares this loop: let it run between records
         deliveries = [d for r in results for d in r.deliveries]
         if deliveries and self.put is not None:
             try:
