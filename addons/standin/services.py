@@ -125,12 +125,14 @@ def delete_contact(w: World, tenant_id: int, contact_id: int) -> list[Emit]:
 def _add_message(w: World, t: Ticket, *, body: str, from_me: bool, contact_id: int, media_type: str,
                  media_url: str | None, status: str, send_type: str | None, user_id: int | None,
                  contact_message_id: int | None = None, message_id: str | None = None) -> Message:
-    m = Message(message_id or w.new_message_id(), t.id, contact_id, t.tenantId, body, from_me, now_ms(),
+    # WhatsApp's message time is in seconds (the native webhook's `timestamp`: 1735689600);
+    # the ticket's lastMessageAt is JavaScript's Date.now(), in milliseconds.
+    m = Message(message_id or w.new_message_id(), t.id, contact_id, t.tenantId, body, from_me, now_ms() // 1000,
                 mediaType=media_type, mediaUrl=media_url, status=status, sendType=send_type,
                 userId=user_id, contactMessageId=contact_message_id, read=from_me)
     w.messages[m.id] = m
     t.lastMessage = body
-    t.lastMessageAt = m.timestamp
+    t.lastMessageAt = now_ms()
     if from_me:
         t.answered = True
     else:
