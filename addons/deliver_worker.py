@@ -155,8 +155,15 @@ class WorkerProcess:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="deliver-worker")
 
     async def _spawn(self) -> None:
+        # The package may be loaded by path (`mitmdump -s addons/gateway.py` from a clone):
+        # the child finds it where the parent did.
+        import os
+        from pathlib import Path
+
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "addons.deliver_worker", "--config", self.config_path,
+            sys.executable, "-m", "addons.deliver_worker", "--config", self.config_path, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
 
     async def _supervise(self) -> None:
