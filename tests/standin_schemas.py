@@ -1,4 +1,4 @@
-"""Field lists of the objects Whazing puts on the wire (from /work/shared/whazing/README.md).
+"""Field lists of the objects Whazing puts on the wire (from the Whazing traffic notes (shared/whazing/README.md beside this project)).
 
 `check(obj, schema)` returns the differences: a missing field or a value of the wrong type.
 Extra fields are allowed (Whazing versions add fields), missing ones are not: if the stand-in
