@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import signal
 import sys
 
@@ -27,6 +28,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL_S = 2.0
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding `addons`
 
 
 class _Rules:
@@ -157,11 +159,7 @@ class WorkerProcess:
     async def _spawn(self) -> None:
         # The package may be loaded by path (`mitmdump -s addons/gateway.py` from a clone):
         # the child finds it where the parent did.
-        import os
-        from pathlib import Path
-
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "addons.deliver_worker", "--config", self.config_path, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)

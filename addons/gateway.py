@@ -8,7 +8,6 @@ so the gateway can fail, stall or restart its delivery without the traffic notic
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import weakref
 from collections import deque

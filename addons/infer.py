@@ -10,7 +10,6 @@ process and every replica names the same change the same way.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping

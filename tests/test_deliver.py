@@ -12,7 +12,7 @@ from standardwebhooks import Webhook
 
 from addons import __version__, metrics, model, signing
 from addons.deliver import Sender
-from addons.outbox.base import DEAD, DELIVERED, PENDING, OutboxFilter
+from addons.outbox.base import DEAD, DELIVERED, PENDING
 from addons.outbox.sqlite import SqliteOutbox
 
 try:

@@ -10,7 +10,7 @@ import pytest
 
 from addons import metrics, model
 from addons.outbox import OutboxError, OutboxFilter, open_outbox
-from addons.outbox.base import DEAD, DELIVERED, PENDING, Attempt, TargetPause
+from addons.outbox.base import DEAD, PENDING, Attempt, TargetPause
 from addons.outbox.sqlite import SqliteOutbox
 
 

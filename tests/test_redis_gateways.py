@@ -11,7 +11,6 @@ from collections import defaultdict
 
 import pytest
 
-from addons.standin import seed
 from addons.standin.scenario import play_day
 from addons.standin.server import start_standin
 from addons.outbox.redis_backend import make_client

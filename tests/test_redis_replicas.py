@@ -8,7 +8,6 @@ the other test Redis itself is stopped and restarted while deliveries keep being
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
