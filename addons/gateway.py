@@ -128,7 +128,8 @@ class FlowNotes:
 class FlowLimit:
     """Keep at most `max_flows` finished flows in mitmweb's view: a viewer open for days stays small."""
 
-    def __init__(self, max_flows: int) -> None:
+    def __init__(self, view, max_flows: int) -> None:
+        self.view = view
         self.max_flows = max_flows
         self.order: deque = deque()
 
@@ -137,8 +138,8 @@ class FlowLimit:
 
         A flow still live when its turn comes (rare: flows are added when they finish) keeps its
         place and goes once it is finished, instead of staying in the view for good."""
-        view = ctx.master.addons.get("view")
-        if view is None or self.max_flows <= 0:
+        view = self.view
+        if self.max_flows <= 0:
             return
         self.order.append(weakref.ref(flow))
         excess = len(self.order) - self.max_flows
@@ -198,10 +199,12 @@ class Gateway:
 
         if ctx.options.deferred:
             log.warning("unknown mitmproxy options ignored (misspelled --set?)", options=sorted(ctx.options.deferred))
-        self.limit = FlowLimit(self.settings.max_flows)
+        view = ctx.master.addons.get("view")
+        # Only a flow viewer keeps flows: only then is there something to bound.
+        self.limit = FlowLimit(view, self.settings.max_flows) if view is not None else None
         # Annotations are for eyes (the flow viewer) and for saved captures; without either,
         # they would only cost time on every event.
-        self.annotate = ctx.master.addons.get("view") is not None or self.recording
+        self.annotate = view is not None or self.recording
         notes = self.notes if self.annotate else None
         self.services = Services(self.settings, on_result=notes and notes.on_result,
                                  on_delivery=notes and notes.on_delivery)
