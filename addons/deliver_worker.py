@@ -123,14 +123,19 @@ async def serve(settings) -> int:
 # ---- the parent's side -------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, even by kill -9 (Linux)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """In the worker, first thing: SIGTERM when the parent dies, even by kill -9 (Linux).
+
+    Done after exec rather than in a preexec_fn: the parent has threads (the outbox's), and
+    running Python between fork and exec in a threaded process can deadlock."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # not Linux: the closed stdin still stops the worker
-        pass
+        return
+    if os.getppid() != parent_pid:  # the parent died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerProcess:
@@ -161,8 +166,9 @@ class WorkerProcess:
         # the child finds it where the parent did.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "addons.deliver_worker", "--config", self.config_path, env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+            sys.executable, "-m", "addons.deliver_worker", "--config", self.config_path,
+            "--parent-pid", str(os.getpid()), env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
 
     async def _supervise(self) -> None:
         from addons import metrics
@@ -236,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m addons.deliver_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

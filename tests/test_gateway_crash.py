@@ -5,6 +5,7 @@ delivered, none is lost, and duplicates only ever repeat a `webhook-id`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 from collections import Counter
@@ -55,6 +56,12 @@ async def test_kill_9_mid_load_loses_no_accepted_event(tmp_path):
         await wait_until(lambda: len(receiver.requests) >= 200, 120, what="deliveries before the kill")
         gw.proc.send_signal(signal.SIGKILL)
         await gw.stop()
+        # its delivery worker does not outlive it (no orphan sending behind the next gateway's back)
+        workers = [r["pid"] for r in gw.log_records() if r.get("event") == "deliver_worker.spawned"]
+        assert workers
+        for pid in workers:
+            await wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}")
+                             or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 20, what=f"worker {pid} gone")
         accepted_before_kill = accepted_ids(gw.workdir / "data" / "outbox.db")
         delivered_before_restart = {r.webhook_id for r in receiver.requests}
         assert len(accepted_before_kill) > len(delivered_before_restart)  # some were in flight or queued
