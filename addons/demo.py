@@ -192,19 +192,12 @@ def rules_yaml(receiver_url: str, secret: str) -> str:
 # ---------------------------------------------------------------------------- the edges
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _reserve(port: int = 0) -> socket.socket:
+    """Hold a port (bound, not listening) so that the demo's other servers, which take any free
+    port, cannot land on it before the gateway binds it; close it just before starting the gateway."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    return s
 
 
 class PrintingReceiver:
@@ -311,13 +304,15 @@ class Demo:
         from addons.standin.scenario import play_day
         from addons.standin.server import start_standin
 
-        if not _port_free(self.port):
+        try:
+            reserved = [_reserve(self.port), _reserve(), _reserve()]
+        except OSError:
             self.say(f"port {self.port} is already in use: choose another with --port\n")
             return 1
+        metrics_port, web_port = (r.getsockname()[1] for r in reserved[1:])
         workdir = Path(tempfile.mkdtemp(prefix="whazing-demo-"))
         secret = signing.new_secret()
         web_password = secrets.token_urlsafe(12)
-        metrics_port, web_port = _free_port(), _free_port()
         standin = receiver = gateway = None
         ok = False
         try:
@@ -341,6 +336,8 @@ class Demo:
             if self.web:
                 self.say(f"  flow viewer        http://127.0.0.1:{web_port}/  password: {web_password}\n"
                          f"                     (or http://127.0.0.1:{web_port}/?token={web_password})\n")
+            for r in reserved:
+                r.close()
             gateway.start()
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                 await self._wait_started(session, gateway, metrics_url)
@@ -366,6 +363,8 @@ class Demo:
                 self.say(f"last lines of {gateway.log_path}:\n{gateway.log_tail()}\n")
             return 1
         finally:
+            for r in reserved:
+                r.close()
             if gateway is not None:
                 await gateway.stop()
             if receiver is not None:
