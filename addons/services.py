@@ -80,16 +80,13 @@ class Services:
             self.sender = Sender(self.outbox, lambda: self.router.rules.targets,
                                  per_ticket_order=settings.per_ticket_order)
             self.sender.on_outcome = on_delivery
-        self.pipeline = Pipeline(self.inferrer, self.router.route, self._put,
+        self.pipeline = Pipeline(self.inferrer, self.router.route, self.outbox.put,
                                  json_limit=settings.inspect_max_bytes, on_result=on_result,
                                  wake=self.sender.wake)
         self.ops = None
         self.watcher = None
         self.observer = None
         self._start_task: asyncio.Task | None = None
-
-    async def _put(self, deliveries) -> None:
-        await self.outbox.put(deliveries)
 
     def start_soon(self) -> None:
         """From a sync hook (mitmproxy's `running`): the queue accepts records at once."""
@@ -102,9 +99,10 @@ class Services:
             await self.outbox.open()
         except Exception as exc:  # the proxy keeps passing traffic; /readyz says why
             log.error("outbox could not be opened: events are inferred but not accepted", error=repr(exc))
-        started = self.sender.start()
-        if started is not None:  # the in-process Sender starts asynchronously
-            await started
+        if isinstance(self.sender, Sender):
+            await self.sender.start()
+        else:
+            self.sender.start()  # the worker process is spawned and supervised by a task
         self.pipeline.start()
         if s.metrics_port:
             from addons.ops import OpsServer, directory_writable, tcp_listening
@@ -113,7 +111,6 @@ class Services:
             self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
             self.ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
             self.ops.add_check("data_dir", directory_writable(s.data_dir))
-
             try:
                 await self.ops.start()
             except OSError as exc:
