@@ -37,13 +37,17 @@ WS_KEEP_MESSAGES = 200
 
 
 def wants_request(flow) -> bool:
-    """A request read before it is answered: creations and updates announce what follows."""
+    """A request read before it is answered: a creation announces the push that follows."""
     method = flow.request.method
-    return method != "GET" and routes.match(method, flow.request.path.partition("?")[0]) is not None
+    if method == "GET":
+        return False
+    route = routes.match(method, flow.request.path.partition("?")[0])
+    return route is not None and route.kind in routes.READ_REQUEST
 
 
 def wants_response(flow) -> bool:
-    return routes.match(flow.request.method, flow.request.path.partition("?")[0]) is not None
+    route = routes.match(flow.request.method, flow.request.path.partition("?")[0])
+    return route is not None and route.kind in routes.READ_RESPONSE
 
 
 def wants_frame(message) -> bool:

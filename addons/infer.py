@@ -196,7 +196,7 @@ class Inferrer:
                 if _is_ticket(t):
                     out += await self.ticket_seen(t, call.tenant_id, call.ts, "rest", call.flow_id, may_create=False)
             return out
-        if _is_ticket(body):
+        if call.kind in routes.TICKET_RESPONSES and _is_ticket(body):
             may_create = call.kind in (routes.TICKET_CREATE, routes.EXT_CREATE_TICKET)
             return await self.ticket_seen(body, call.tenant_id, call.ts, "rest", call.flow_id, may_create=may_create)
         return []

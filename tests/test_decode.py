@@ -171,3 +171,17 @@ def test_gzipped_polling_body():
                        {"content-type": "text/plain; charset=UTF-8", "content-encoding": "gzip"},
                        gzip.compress("\x1e".join(packets).encode()))
     assert [o.payload["id"] for o in decode(rec)] == ["M0", "M1", "M2", "M3", "M4"]
+
+
+def test_hot_path_copies_only_what_inference_reads():
+    from types import SimpleNamespace as NS
+
+    from addons.gateway import wants_request, wants_response
+
+    flow = lambda m, p: NS(request=NS(method=m, path=p))
+    assert wants_request(flow("POST", "/tickets")) and wants_request(flow("POST", "/v1/api/external/x/createticket"))
+    assert not wants_request(flow("PUT", "/tickets/3"))  # its effect arrives on the socket and in the response
+    assert not wants_request(flow("POST", "/auth/login/")) and not wants_request(flow("POST", "/messages/3"))
+    assert wants_response(flow("PUT", "/tickets/3")) and wants_response(flow("GET", "/tickets?status[]=open"))
+    assert wants_response(flow("GET", "/socket.io/?EIO=4&transport=polling"))
+    assert not wants_response(flow("POST", "/auth/login/")) and not wants_response(flow("POST", "/messages/3"))

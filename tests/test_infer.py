@@ -159,3 +159,14 @@ async def test_event_time_is_whazings_not_the_observers():
     junk = {**m, "id": "Z2", "createdAt": "1999-01-01T00:00:00Z"}
     [ej] = await a.observe(SocketEvent(1, "ticketList", "chat:create", junk, seen_at, "f"))
     assert ej.ts == seen_at
+
+
+async def test_only_ticket_routes_are_read_as_tickets():
+    """A login answer has an id and a status too ("online"): it is not a ticket."""
+    inf = Inferrer(MemoryState())
+    user = {"id": 1, "status": "online", "isCreated": True, "createdAt": T0, "updatedAt": T0}
+    assert await inf.observe(RestCall(routes.LOGIN, {}, "POST", "/auth/login/", 200, None, user, 1, 1, 1.0)) == []
+    assert await inf.state.get("t:1:1") is None
+    [ev] = await inf.observe(RestCall(routes.TICKET_CREATE, {}, "POST", "/tickets", 200, None,
+                                      ticket(id=1, status="open", userId=7, createdAt=T0, updatedAt=T0), 1, 7, 2.0))
+    assert ev.type == model.TICKET_CREATED

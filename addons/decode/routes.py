@@ -61,6 +61,14 @@ _BY_METHOD: dict[str, list[tuple[re.Pattern[str], str]]] = {}
 for _m, _p, _k in _TABLE:
     _BY_METHOD.setdefault(_m, []).append((_p, _k))
 
+# What the inference reads of each kind. Requests: only creations, whose push would otherwise look
+# like any new ticket. Responses: those that carry a Ticket (or drop one), and polling bodies.
+# Everything else (logins, sends, bulk closes...) is named but never copied off the hot path.
+READ_REQUEST = frozenset({TICKET_CREATE, EXT_CREATE_TICKET})
+TICKET_RESPONSES = frozenset({TICKET_SHOW, TICKET_CREATE, TICKET_UPDATE, EXT_UPDATE_QUEUE, EXT_UPDATE_TICKET,
+                              EXT_CREATE_TICKET, EXT_SHOW_TICKET, EXT_GET_TICKET})
+READ_RESPONSE = TICKET_RESPONSES | {TICKET_LIST, TICKET_DELETE, SOCKET_POLLING}
+
 # First path segments worth a closer look; anything else is ignored at once.
 _PREFIXES = ("/auth/", "/tickets", "/messages/", "/v1/api/external/", "/socket.io")
 
