@@ -1,6 +1,6 @@
 """Shared pieces of the proxy bench: Whazing-shaped payloads, the upstream server, statistics.
 
-The upstream runs in its own process (`python bench/common.py upstream --port-file F`) so it
+The upstream runs in its own process (`python -m bench.common upstream --port-file F`) so it
 does not share an event loop with the load generator. It serves:
 
   GET /tickets/<id>        a ~1.5 KB Ticket JSON (a route the gateway decodes), Bearer required

@@ -9,7 +9,7 @@ on 127.0.0.1. Two runs:
   steady  events at a fixed rate, one put each: event-to-delivery latency (receiver arrival time
           minus the event time) p50/p99; the throughput run's latencies include queueing.
 
-    .venv/bin/python bench/delivery.py [--count 5000] [--rate 200] [--seconds 5] [--unordered]
+    .venv/bin/python -m bench.delivery [--count 5000] [--rate 200] [--seconds 5] [--unordered]
 
 Prints a small markdown table. Loopback only; bounded in count and time.
 """
@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from addons import model, signing  # noqa: E402
-from addons.deliver import Sender  # noqa: E402
-from addons.outbox.sqlite import SqliteOutbox  # noqa: E402
+from whazing_gateway import model  # noqa: E402
+from whazing_gateway.deliver import signing  # noqa: E402
+from whazing_gateway.deliver.sender import Sender  # noqa: E402
+from whazing_gateway.outbox.sqlite import SqliteOutbox  # noqa: E402
 
 TARGET = "bench"
 

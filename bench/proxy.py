@@ -4,7 +4,7 @@ What each configuration carries:
 
   direct     the load generator talks to the upstream itself
   mitmdump   plain `mitmdump --mode reverse:UPSTREAM -q` (the floor the gateway is held to)
-  gateway    `python -m addons.cli run --config gateway.yaml` with a rule routing every event to
+  gateway    `python -m whazing_gateway.cli run --config gateway.yaml` with a rule routing every event to
              a local 200 receiver, SQLite outbox on: events are inferred and really delivered
 
 Workloads (one asyncio load generator with fixed concurrency; upstream and receiver each in
@@ -29,9 +29,9 @@ measured window: on a shared, noisy machine it is the steadier measure of the ga
 cost. Between gateway runs the bench waits until every routed webhook has reached the
 receiver, so a delivery backlog never runs into the next measurement.
 
-    .venv/bin/python bench/proxy.py                 # ~3 minutes on 2 cores
-    .venv/bin/python bench/proxy.py --quick         # a few seconds: every row, rough numbers
-    .venv/bin/python bench/proxy.py --profile prof  # then py-spy the gateway under websocket load
+    .venv/bin/python -m bench.proxy                 # ~3 minutes on 2 cores
+    .venv/bin/python -m bench.proxy --quick         # a few seconds: every row, rough numbers
+    .venv/bin/python -m bench.proxy --profile prof  # then py-spy the gateway under websocket load
 
 Loopback only; every loop is bounded in time.
 """
@@ -56,10 +56,9 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import common  # noqa: E402
+from bench import common  # noqa: E402
+
 from tests.harness import GatewayProcess, rules_yaml  # noqa: E402
 from tests.receivers import free_port  # noqa: E402
 
@@ -338,7 +337,7 @@ async def drain(gw: GatewayProcess, receiver: Receiver, timeout: float) -> tuple
 
 async def run_bench(args, workdir: Path) -> dict:
     load_before = os.getloadavg()[0]
-    up_proc, up_port = start_with_port_file([sys.executable, str(ROOT / "bench" / "common.py"), "upstream"],
+    up_proc, up_port = start_with_port_file([sys.executable, "-m", "bench.common", "upstream"],
                                             workdir, "upstream")
     upstream = f"http://127.0.0.1:{up_port}"
     receiver = Receiver(workdir)
@@ -469,7 +468,7 @@ async def run_profile(args, t: Target, receiver: Receiver, outdir: Path) -> dict
     return result
 
 
-_ENTRY = ("addons/cli.py", "addons/runner.py")  # every stack of the main thread starts here
+_ENTRY = ("whazing_gateway/cli/__init__.py", "whazing_gateway/edge/runner.py")  # every stack of the main thread starts here
 
 
 def summarize_profile(raw: Path, top: int, core_samples: float) -> dict:
@@ -496,7 +495,7 @@ def summarize_profile(raw: Path, top: int, core_samples: float) -> dict:
             m = _FRAME.match(f)
             frames.append((m["func"], m["file"]) if m else (f, ""))
         ours = [fr for fr in frames if fr[1].startswith("addons/") and not fr[1].startswith(_ENTRY)]
-        if any(func.endswith("._worker") and file == "addons/outbox/sqlite.py" for func, file in frames):
+        if any(func.endswith("._worker") and file == "whazing_gateway/outbox/sqlite.py" for func, file in frames):
             area = "outbox thread (sqlite, off the event loop)"
         elif ours:
             area = "addons/ on the event loop (our code, inclusive)"
@@ -607,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws-rate", type=float, default=50.0,
                    help="ws-paced: broadcasts/s (each reaches every websocket; default 50)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)} (also: noop = mitmdump -s a do-nothing addon"
-                   " with the same hooks; gateway-s = mitmdump -q -s addons/gateway.py)")
+                   " with the same hooks; gateway-s = mitmdump -q -s whazing_gateway/edge/addon.py)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
     p.add_argument("--idle-seconds", type=float, default=3.0, help="seconds of no traffic to measure idle CPU (default 3)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="max seconds to wait for the gateway's backlog")

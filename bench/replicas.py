@@ -4,7 +4,7 @@ Each replica is a real process (tests/redis_replica.py): it puts its share of N 
 the shared RedisOutbox (as the pipeline does) and its real Sender delivers them to a logging
 receiver in another process. Measured: N / (last arrival - start), per replica count.
 
-    .venv/bin/python bench/replicas.py [--n 3000] [--replicas 1 2 3] [--order-keys 50]
+    .venv/bin/python -m bench.replicas [--n 3000] [--replicas 1 2 3] [--order-keys 50]
 
 Needs `redis-server` on PATH (a private instance on a free port is started and stopped).
 """
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from tests.redis_server import RedisServer  # noqa: E402
 

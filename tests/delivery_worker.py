@@ -18,9 +18,9 @@ import json
 import sys
 import time
 
-from addons import model
-from addons.deliver import Sender
-from addons.outbox.sqlite import SqliteOutbox
+from whazing_gateway import model
+from whazing_gateway.deliver.sender import Sender
+from whazing_gateway.outbox.sqlite import SqliteOutbox
 
 TARGET = "crash"
 

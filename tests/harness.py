@@ -91,7 +91,7 @@ class GatewayProcess:
             return [mitmdump, "-q", "-s", str(REPO / "addons" / "gateway.py"),
                     "--mode", f"reverse:{self.upstream}", "--listen-host", "127.0.0.1", "-p", str(self.port),
                     "--set", f"whazing_config={self.config}"]
-        cmd = [sys.executable, "-m", "addons.cli", "run", "--config", str(self.config)]
+        cmd = [sys.executable, "-m", "whazing_gateway.cli", "run", "--config", str(self.config)]
         return cmd + (["--web"] if self.web else []) + self.extra_args
 
     async def start(self, timeout: float = 40.0) -> "GatewayProcess":

@@ -19,11 +19,9 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from addons import model  # noqa: E402
-from addons.deliver import Sender  # noqa: E402
-from addons.outbox.redis_backend import RedisOutbox  # noqa: E402
+from whazing_gateway import model  # noqa: E402
+from whazing_gateway.deliver.sender import Sender  # noqa: E402
+from whazing_gateway.outbox.redis import RedisOutbox  # noqa: E402
 
 
 def delivery(i: int, order_keys: int, target: str = "recv") -> model.Delivery:

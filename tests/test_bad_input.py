@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from addons.decode import decode
-from addons.decode.bodies import BodyError
-from addons.decode.socketio import DecodeError
-from addons.infer import Inferrer
-from addons.pipeline import Pipeline
-from addons.state import MemoryState
-from addons.traffic import HttpExchange, HttpRequestSeen, WsFrame
 from tests.echo_upstream import start_echo
 from tests.harness import GatewayProcess, rules_yaml
+from whazing_gateway.decode import decode
+from whazing_gateway.decode.bodies import BodyError
+from whazing_gateway.decode.socketio import DecodeError
+from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, WsFrame
+from whazing_gateway.infer.inferrer import Inferrer
+from whazing_gateway.pipeline.core import Pipeline
+from whazing_gateway.state.memory import MemoryState
 
 # -- generators of hostile input ---------------------------------------------------------------
 known_fields = st.fixed_dictionaries({}, optional={

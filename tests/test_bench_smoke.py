@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_quick_bench_gives_every_row(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "proxy.py"), "--quick", "--json", str(out),
+        [sys.executable, "-m", "bench.proxy", "--quick", "--json", str(out),
          "--workdir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
@@ -49,7 +49,7 @@ def test_quick_bench_gives_every_row(tmp_path):
 
 
 def test_help_describes_the_options():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "proxy.py"), "--help"],
+    proc = subprocess.run([sys.executable, "-m", "bench.proxy", "--help"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0
     for option in ("--seconds", "--rounds", "--quick", "--profile", "--ws-rate", "--configs"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.config import check
+from whazing_gateway.config import check
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = ROOT / "tests" / "fixtures" / "broken_rules"
@@ -52,7 +52,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _check(cwd: Path, config: str = "gateway.yaml", **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "addons.cli", "check", "--config", config], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "whazing_gateway.cli", "check", "--config", config], cwd=cwd,
                           env=_env(**env), capture_output=True, text=True, timeout=60)
 
 

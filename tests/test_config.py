@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from addons import model
-from addons.config import ConfigError, Issue, Settings, expand_env, load_rules, load_settings
+from whazing_gateway import model
+from whazing_gateway.config import ConfigError, Issue, Settings, expand_env, load_rules, load_settings
 
 
 def write(path: Path, text: str) -> Path:

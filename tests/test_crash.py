@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from addons import signing
-from addons.outbox.sqlite import SqliteOutbox
+from whazing_gateway.deliver import signing
+from whazing_gateway.outbox.sqlite import SqliteOutbox
 
 try:
     from tests.delivery_worker import delivery_id

@@ -8,9 +8,9 @@ import zlib
 import brotli
 import pytest
 
-from addons.decode import RestCall, SocketEvent, decode, jwt_claims, routes
-from addons.decode.bodies import BodyError, parse_json
-from addons.decode.socketio import (
+from whazing_gateway.decode import RestCall, SocketEvent, decode, jwt_claims, routes
+from whazing_gateway.decode.bodies import BodyError, parse_json
+from whazing_gateway.decode.socketio import (
     SIO_BINARY_EVENT,
     SIO_CONNECT,
     SIO_CONNECT_ERROR,
@@ -21,7 +21,7 @@ from addons.decode.socketio import (
     decode_polling_body,
     decode_socket,
 )
-from addons.traffic import HttpExchange, HttpRequestSeen, WsFrame
+from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, WsFrame
 
 
 def _jwt(claims):
@@ -176,7 +176,7 @@ def test_gzipped_polling_body():
 def test_hot_path_copies_only_what_inference_reads():
     from types import SimpleNamespace as NS
 
-    from addons.gateway import wants_request, wants_response
+    from whazing_gateway.edge.addon import wants_request, wants_response
 
     flow = lambda m, p: NS(request=NS(method=m, path=p))
     assert wants_request(flow("POST", "/tickets")) and wants_request(flow("POST", "/v1/api/external/x/createticket"))

@@ -10,10 +10,12 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
-from addons import __version__, metrics, model, signing
-from addons.deliver import Sender
-from addons.outbox.base import DEAD, DELIVERED, PENDING
-from addons.outbox.sqlite import SqliteOutbox
+from whazing_gateway import __version__, model
+from whazing_gateway.deliver import signing
+from whazing_gateway.deliver.sender import Sender
+from whazing_gateway.ops import metrics
+from whazing_gateway.outbox.base import DEAD, DELIVERED, PENDING
+from whazing_gateway.outbox.sqlite import SqliteOutbox
 
 try:
     from tests.receivers import Hang, Receiver, Reply
@@ -202,7 +204,7 @@ async def test_410_dead_letters_and_pauses_the_target_until_admin_retry(rig):
         assert (await rig.outbox.get(second.id))[0].status == PENDING
         assert "t" in await rig.outbox.paused_targets()
         # the operator replays: `deliveries retry --target t` (see test_outbox_admin for the CLI)
-        from addons.outbox.admin import _run
+        from whazing_gateway.outbox.admin import _run
 
         class Args:
             action, ids, target, event_type, status, since, until, limit, json = (

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import email.utils
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from addons import model
-from addons.deliver import Breaker, TokenBucket, build_headers, decide, next_delay, parse_retry_after
+from whazing_gateway import model
+from whazing_gateway.deliver.sender import Breaker, TokenBucket, build_headers, decide, next_delay, parse_retry_after
 
 N8N = model.Target(name="n", url="http://x")
 GENERIC = model.Target(name="g", url="http://x", kind="generic")

@@ -9,12 +9,12 @@ import signal
 
 import aiohttp
 
-from addons.standin import seed
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, rules_yaml, wait_until
 from tests.receivers import Hang, Receiver
 from tests.test_gateway_e2e import _expected
+from whazing_standin import seed
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 OBSERVER = {"WHAZING_OBSERVER_EMAIL": seed.ADMIN_EMAIL, "WHAZING_OBSERVER_PASSWORD": seed.PASSWORD}
 

@@ -22,17 +22,17 @@ import aiohttp
 import standardwebhooks
 
 import tests.test_gateway_e2e as e2e
-from addons import demo, signing
-from addons.standin import seed
 from tests.harness import REPO, wait_until
 from tests.receivers import free_port
+from whazing_gateway.deliver import signing
+from whazing_standin import demo, seed
 
 EXPECTED = e2e._expected(0, 0)
 EXPECTED_TYPES = Counter(ev[0] for evs in EXPECTED.values() for ev in evs)
 
 
 def _popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "addons.cli", "demo", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "whazing_gateway.cli", "demo", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from addons.cli import build_parser
-from addons.config import read_settings
-from addons.ops import OpsServer
+from whazing_gateway.cli import build_parser
+from whazing_gateway.config import read_settings
+from whazing_gateway.ops.server import OpsServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -116,7 +116,7 @@ def test_workdir_volumes_ports_entrypoint_cmd(final):
 
 def test_entrypoint_is_the_installed_script_and_cmd_parses(final):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["whazing-gateway"] == "addons.cli:main"
+    assert project["project"]["scripts"]["whazing-gateway"] == "whazing_gateway.cli:main"
     args = build_parser().parse_args(final["CMD"][-1].exec_form())
     assert args.command == "run" and args.config == "/app/gateway.yaml" and not args.web
 
@@ -234,7 +234,7 @@ def build_context(dest: Path) -> list[str]:
 def test_context_is_an_allow_list(tmp_path):
     sent = build_context(tmp_path)
     assert "pyproject.toml" in sent and "deploy/gateway.docker.yaml" in sent
-    assert "addons/cli.py" in sent and "addons/ops.py" in sent
+    assert "whazing_gateway/cli/__init__.py" in sent and "whazing_gateway/ops/server.py" in sent
     for rel in sent:
         assert not rel.startswith(("tests/", "data/", ".git", ".venv", "docs/", "bench/")), rel
         assert "__pycache__" not in rel and not rel.endswith(".pyc"), rel
@@ -261,14 +261,20 @@ def test_wheel_built_from_the_context_has_every_module_and_the_script(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     repo_files = {
         p.relative_to(ROOT).as_posix()
-        for p in (ROOT / "addons").rglob("*")
+        for p in (ROOT / "whazing_gateway").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     }
     missing = sorted(repo_files - names)
-    assert not missing, f"files under addons/ the image would not have (package-data?): {missing}"
+    assert not missing, f"files under whazing_gateway/ the image would not have (package-data?): {missing}"
+    # The production image carries neither the stand-in nor the JWT library only it uses.
+    assert not any(n.startswith("whazing_standin/") for n in names)
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [ln for ln in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
+    assert not any("pyjwt" in ln.lower() for ln in requires), requires
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "whazing-gateway = addons.cli:main" in text
+    assert "whazing-gateway = whazing_gateway.cli:main" in text
 
 
 # --- the compose example ---------------------------------------------------------------------

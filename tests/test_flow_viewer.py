@@ -24,10 +24,10 @@ import aiohttp
 from mitmproxy import io as mio
 
 import tests.test_gateway_e2e as e2e
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, login, rules_yaml, wait_until
 from tests.receivers import Receiver
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 PASSWORD = "test-web-password"  # the harness's gateway.yaml web.password
 MAX_FLOWS = 300

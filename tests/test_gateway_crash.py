@@ -12,10 +12,10 @@ from collections import Counter
 
 import aiohttp
 
-from addons.standin import seed
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, rules_yaml, wait_until
 from tests.receivers import Hang, Receiver
+from whazing_standin import seed
+from whazing_standin.server import start_standin
 
 N_MESSAGES = 2000
 

@@ -13,12 +13,12 @@ from collections import defaultdict
 
 import pytest
 
-from addons.standin import seed
-from addons.standin.client import TolerantAsyncClient
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
+from whazing_standin import seed
+from whazing_standin.client import TolerantAsyncClient
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 A, B, C, D = 1, 2, 3, 4
 V, S, F = seed.QUEUE_VENDAS, seed.QUEUE_SUPORTE, seed.QUEUE_FINANCEIRO
@@ -122,7 +122,7 @@ async def test_scenario_yields_exactly_the_expected_events(tmp_path, browsers, t
 
 
 async def test_plain_mitmdump_with_the_script_and_byte_identical_frames(tmp_path):
-    """`mitmdump -s addons/gateway.py` works as documented, and a browser behind it receives
+    """`mitmdump -s whazing_gateway/edge/addon.py` works as documented, and a browser behind it receives
     exactly the frames a browser connected directly receives, byte for byte."""
     standin = await start_standin()
     receiver = await Receiver().start()

@@ -2,10 +2,10 @@
 
 import pytest
 
-from addons import model
-from addons.decode import RestCall, SocketEvent, routes
-from addons.infer import Inferrer, diff
-from addons.state import MemoryState
+from whazing_gateway import model
+from whazing_gateway.decode import RestCall, SocketEvent, routes
+from whazing_gateway.infer.inferrer import Inferrer, diff
+from whazing_gateway.state.memory import MemoryState
 
 T0 = "2026-11-26T10:00:00.000Z"
 

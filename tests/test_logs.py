@@ -14,8 +14,8 @@ import pytest
 import structlog
 from mitmproxy.http import Headers
 
-from addons import logs
-from addons.logs import MASK, configure_logging, redact, redact_text, register_secret
+from whazing_gateway.ops import logs
+from whazing_gateway.ops.logs import MASK, configure_logging, redact, redact_text, register_secret
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
@@ -63,7 +63,7 @@ def assert_no_secret(text: str, *secrets: str) -> None:
 # --- redaction of realistic records -------------------------------------------------------------
 
 def test_socket_connect_frame_token_is_masked(out):
-    log = structlog.get_logger("t.addons.gateway")
+    log = structlog.get_logger("t.whazing_gateway.edge.addon")
     frame = f'40{{"token":"{JWT}"}}'
     log.info("socket frame", direction="client", frame=frame, connection_id="c1")
     log.debug("not shown at info", frame=frame)
@@ -79,7 +79,7 @@ def test_namespaced_connect_and_opaque_token(out):
 
 
 def test_login_body_password_masked_as_dict_string_and_bytes(out):
-    log = structlog.get_logger("t.addons.traffic")
+    log = structlog.get_logger("t.whazing_gateway.edge.records")
     body = {"email": "agent@example.com", "password": LOGIN_PASSWORD}
     raw = json.dumps(body)
     log.info("login", request_json=body, request_text=raw, content=raw.encode())
@@ -92,7 +92,7 @@ def test_login_body_password_masked_as_dict_string_and_bytes(out):
 
 
 def test_request_headers_dict_list_and_mitmproxy_headers(out):
-    log = structlog.get_logger("t.addons.gateway")
+    log = structlog.get_logger("t.whazing_gateway.edge.addon")
     hdrs = Headers(
         [(b"Authorization", f"Bearer {JWT}".encode()), (b"Cookie", b"sid=abc123; theme=dark"),
          (b"Content-Type", b"application/json")]
@@ -115,7 +115,7 @@ def test_request_headers_dict_list_and_mitmproxy_headers(out):
 def test_external_api_query_string_and_url(out):
     url = (f"http://whazing:3000/v1/api/external/abc/params/?body=oi&number=5511999999999"
            f"&externalKey=k1&bearertoken={API_JWT}")
-    structlog.get_logger("t.addons.gateway").info("external call", url=url,
+    structlog.get_logger("t.whazing_gateway.edge.addon").info("external call", url=url,
                                                auth=f"Bearer {API_JWT}")
     rec, = lines(out)
     assert rec["url"].endswith("&bearertoken=***")
@@ -149,7 +149,7 @@ def test_delivery_record_with_target_secrets(out):
 def test_registered_secret_masked_anywhere(out):
     register_secret(OBSERVER_PASSWORD)
     register_secret("ab")  # too short to mask safely: ignored
-    log = structlog.get_logger("t.addons.observer")
+    log = structlog.get_logger("t.whazing_gateway.edge.observer")
     log.info(f"observer login as bot@example.com with {OBSERVER_PASSWORD}",
              note=["nested", {"deep": f"x{OBSERVER_PASSWORD}y"}])
     rec, = lines(out)
@@ -224,10 +224,10 @@ def test_string_patterns(text, secret):
 # --- format, context and routing ----------------------------------------------------------------
 
 def test_json_fields_timestamp_level_logger(out):
-    structlog.get_logger("t.addons.infer").info("event inferred", type="ticket.created", ticket_id=7)
+    structlog.get_logger("t.whazing_gateway.infer.inferrer").info("event inferred", type="ticket.created", ticket_id=7)
     rec, = lines(out)
     assert list(rec)[:4] == ["timestamp", "level", "logger", "event"]
-    assert rec["logger"] == "t.addons.infer" and rec["level"] == "info"
+    assert rec["logger"] == "t.whazing_gateway.infer.inferrer" and rec["level"] == "info"
     ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00"))
     assert ts.utcoffset() == timezone.utc.utcoffset(None)
     assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 300
@@ -236,10 +236,10 @@ def test_json_fields_timestamp_level_logger(out):
 def test_contextvars_bound_context(out):
     structlog.contextvars.bind_contextvars(flow="f-1", ticket_id=42)
     try:
-        structlog.get_logger("t.addons.gateway").info("observed", event_type="ticket:update")
+        structlog.get_logger("t.whazing_gateway.edge.addon").info("observed", event_type="ticket:update")
     finally:
         structlog.contextvars.clear_contextvars()
-    structlog.get_logger("t.addons.gateway").info("later")
+    structlog.get_logger("t.whazing_gateway.edge.addon").info("later")
     first, second = lines(out)
     assert first["flow"] == "f-1" and first["ticket_id"] == 42
     assert "flow" not in second
@@ -256,7 +256,7 @@ def test_stdlib_and_mitmproxy_records_go_through_once(out):
         logging.getLogger("mitmproxy.proxy.mode_servers").info(
             "client request %s", f"GET /socket.io/?EIO=4&token={JWT}", extra={"client": ("10.0.0.5", 51234)}
         )
-        structlog.get_logger("t.addons.gateway").info("ours")
+        structlog.get_logger("t.whazing_gateway.edge.addon").info("ours")
     finally:
         term.uninstall()
     recs = lines(out, "mitmproxy.proxy.mode_servers")

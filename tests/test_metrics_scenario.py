@@ -12,12 +12,12 @@ import asyncio
 from collections import Counter
 
 import tests.test_gateway_e2e as e2e
-from addons.demo import metric_by, metric_sum, parse_metrics
-from addons.standin import seed
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
+from whazing_standin import seed
+from whazing_standin.demo import metric_by, metric_sum, parse_metrics
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 
 async def test_metrics_after_the_scenario_match_it_exactly(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from addons import metrics
-from addons.ops import OpsServer, directory_writable, run_check, tcp_listening
+from whazing_gateway.ops import metrics
+from whazing_gateway.ops.server import OpsServer, directory_writable, run_check, tcp_listening
 
 
 @pytest.fixture

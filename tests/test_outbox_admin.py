@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from addons import model
-from addons.cli import build_parser
-from addons.outbox.admin import ENV_OUTBOX, deliveries_command, parse_time
-from addons.outbox.base import Attempt, TargetPause
-from addons.outbox.sqlite import SqliteOutbox
+from whazing_gateway import model
+from whazing_gateway.cli import build_parser
+from whazing_gateway.outbox.admin import ENV_OUTBOX, deliveries_command, parse_time
+from whazing_gateway.outbox.base import Attempt, TargetPause
+from whazing_gateway.outbox.sqlite import SqliteOutbox
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
@@ -121,7 +121,7 @@ def test_real_command_line_with_config_and_env(db, tmp_path):
     config.write_text(f"storage:\n  backend: sqlite\n  sqlite:\n    path: {db}\n")
     env = {k: v for k, v in os.environ.items() if k != ENV_OUTBOX}
     env["PYTHONPATH"] = str(ROOT)
-    run = lambda *a, **kw: subprocess.run([sys.executable, "-m", "addons.cli", "deliveries", *a],  # noqa: E731
+    run = lambda *a, **kw: subprocess.run([sys.executable, "-m", "whazing_gateway.cli", "deliveries", *a],  # noqa: E731
                                           cwd=tmp_path, capture_output=True, text=True, timeout=60, **kw)
     res = run("--config", str(config), "list", "--json", env=env)
     assert res.returncode == 0, res.stderr

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from addons import metrics, model
-from addons.outbox import OutboxError, OutboxFilter, open_outbox
-from addons.outbox.base import DEAD, PENDING, Attempt, TargetPause
-from addons.outbox.sqlite import SqliteOutbox
+from whazing_gateway import model
+from whazing_gateway.ops import metrics
+from whazing_gateway.outbox import OutboxError, OutboxFilter, open_outbox
+from whazing_gateway.outbox.base import DEAD, PENDING, Attempt, TargetPause
+from whazing_gateway.outbox.sqlite import SqliteOutbox
 
 
 def d(i: int, target: str = "t1", order_key: str | None = None, etype: str = model.TICKET_CREATED,

@@ -10,11 +10,11 @@ import os
 import aiohttp
 from multidict import CIMultiDict
 
-from addons.standin.scenario import CATALOG, play_day
-from addons.standin.server import start_standin
 from tests.echo_upstream import start_echo
 from tests.harness import GatewayProcess, login, rules_yaml
 from tests.receivers import Receiver
+from whazing_standin.scenario import CATALOG, play_day
+from whazing_standin.server import start_standin
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "date", "server"}
 

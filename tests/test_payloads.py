@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from addons import model
-from addons.payloads import render, test_body
+from whazing_gateway import model
+from whazing_gateway.route.payloads import render, test_body
 
 CONTACT = {"id": 45, "name": "João", "number": "5511999999999", "profilePicUrl": None, "email": "",
            "isGroup": False, "pushname": "João", "lid": None, "kanbanId": None, "followupId": None,

@@ -10,11 +10,11 @@ from collections import Counter
 
 import aiohttp
 
-from addons.standin import seed
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, rules_yaml, wait_until
 from tests.receivers import Hang, Receiver
 from tests.redis_server import redis_server_aof  # noqa: F401  (fixture)
+from whazing_standin import seed
+from whazing_standin.server import start_standin
 
 OBSERVER = {"WHAZING_OBSERVER_EMAIL": seed.ADMIN_EMAIL, "WHAZING_OBSERVER_PASSWORD": seed.PASSWORD}
 NUMBERS = 40

@@ -11,13 +11,13 @@ from collections import defaultdict
 
 import pytest
 
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
-from addons.outbox.redis_backend import make_client
 from tests.harness import GatewayProcess, login, rules_yaml
 from tests.receivers import Receiver
 from tests.redis_server import redis_server  # noqa: F401  (fixture)
 from tests.test_gateway_e2e import _browser, _expected, _summary
+from whazing_gateway.state.redis import make_client
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 NO_OBSERVER = {"WHAZING_OBSERVER_EMAIL": "", "WHAZING_OBSERVER_PASSWORD": ""}
 

@@ -9,10 +9,11 @@ import pytest
 import structlog
 import structlog.testing
 
-from addons import metrics, model
-from addons.outbox import OutboxError, OutboxFilter, open_outbox
-from addons.outbox.base import DEAD, DELIVERED, PENDING, Attempt, TargetPause
-from addons.outbox.redis_backend import RedisOutbox
+from whazing_gateway import model
+from whazing_gateway.ops import metrics
+from whazing_gateway.outbox import OutboxError, OutboxFilter, open_outbox
+from whazing_gateway.outbox.base import DEAD, DELIVERED, PENDING, Attempt, TargetPause
+from whazing_gateway.outbox.redis import RedisOutbox
 
 try:
     from tests.redis_server import redis_server, redis_server_aof  # noqa: F401  (fixtures)

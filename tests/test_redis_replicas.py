@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from addons import metrics
-from addons.outbox.redis_backend import RedisOutbox, make_client
+from whazing_gateway.ops import metrics
+from whazing_gateway.outbox.redis import RedisOutbox
+from whazing_gateway.state.redis import make_client
 
 try:
     from tests.receivers import Hang, Receiver

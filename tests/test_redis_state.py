@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from addons.outbox.redis_backend import RedisState, make_client
+from whazing_gateway.state.redis import RedisState, make_client
 
 try:
     from tests.redis_server import redis_server  # noqa: F401  (fixture)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import structlog
 
-from addons import metrics, model
-from addons.config import load_rules
-from addons.reload import RulesWatcher, folder_signature
-from addons.route import Router
-from addons.state import MemoryState
+from whazing_gateway import model
+from whazing_gateway.config import load_rules
+from whazing_gateway.config.reload import RulesWatcher, folder_signature
+from whazing_gateway.ops import metrics
+from whazing_gateway.route.router import Router
+from whazing_gateway.state.memory import MemoryState
 
 TARGETS = "targets:\n  - {name: n8n, url: 'http://127.0.0.1:5678/webhook/whazing'}\n  - {name: b, url: 'http://127.0.0.1:5678/b'}\n"
 GOOD_A = "channels:\n  - {channel: 1, targets: n8n, events: [message.received]}\n"

@@ -7,10 +7,10 @@ import json
 import subprocess
 import sys
 
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml
 from tests.receivers import Receiver
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 
 async def test_replay_of_a_recorded_scenario_names_the_live_deliveries(tmp_path):
@@ -31,7 +31,7 @@ async def test_replay_of_a_recorded_scenario_names_the_live_deliveries(tmp_path)
         await standin.stop()
     assert capture.exists() and capture.stat().st_size > 0
 
-    out = subprocess.run([sys.executable, "-m", "addons.cli", "replay", str(capture), "--config", str(gw.config),
+    out = subprocess.run([sys.executable, "-m", "whazing_gateway.cli", "replay", str(capture), "--config", str(gw.config),
                           "--json"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
@@ -63,6 +63,6 @@ def test_replay_refuses_a_broken_capture(tmp_path):
     cfg = tmp_path / "gateway.yaml"
     (tmp_path / "rules").mkdir()
     cfg.write_text("rules_dir: rules\n")
-    out = subprocess.run([sys.executable, "-m", "addons.cli", "replay", str(bad), "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "whazing_gateway.cli", "replay", str(bad), "--config", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "cannot read capture" in out.stderr and out.stdout == ""

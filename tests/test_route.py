@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from addons import metrics, model
-from addons.config import load_rules
-from addons.route import Router
-from addons.state import MemoryState
+from whazing_gateway import model
+from whazing_gateway.config import load_rules
+from whazing_gateway.ops import metrics
+from whazing_gateway.route.router import Router
+from whazing_gateway.state.memory import MemoryState
 
 TARGETS = """
 targets:

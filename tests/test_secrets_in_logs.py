@@ -11,13 +11,13 @@ import re
 
 import aiohttp
 
-from addons.signing import SECRET_PREFIX
-from addons.standin import seed
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
-from addons.standin.store import User
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
+from whazing_gateway.deliver.signing import SECRET_PREFIX
+from whazing_standin import seed
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
+from whazing_standin.store import User
 
 # Distinctive values: a hit in the log can only be a leak.
 OBSERVER_EMAIL = "observer@whazing.test"

@@ -8,7 +8,7 @@ import time
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from addons import signing
+from whazing_gateway.deliver import signing
 
 
 def _headers(sig: str, msg_id: str, ts: int) -> dict[str, str]:

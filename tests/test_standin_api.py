@@ -12,9 +12,9 @@ import jwt
 import pytest
 import socketio
 
-from addons.standin import seed
-from addons.standin.client import TolerantAsyncClient
-from addons.standin.server import start_standin
+from whazing_standin import seed
+from whazing_standin.client import TolerantAsyncClient
+from whazing_standin.server import start_standin
 
 T = seed.TENANT_ID
 

@@ -1,5 +1,5 @@
 """The scripted day against the stand-in: same events over websocket and polling, determinism,
-payload shapes, and the `python -m addons.standin` entry point."""
+payload shapes, and the `python -m whazing_standin` entry point."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from addons.standin import seed
-from addons.standin.client import TolerantAsyncClient
-from addons.standin.scenario import play_day
-from addons.standin.server import start_standin
 from tests.standin_schemas import MESSAGE, TICKET, check, check_emit
+from whazing_standin import seed
+from whazing_standin.client import TolerantAsyncClient
+from whazing_standin.scenario import play_day
+from whazing_standin.server import start_standin
 
 T = seed.TENANT_ID
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def free_port() -> int:
 async def test_runs_as_a_module():
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "addons.standin", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "whazing_standin", "--host", "127.0.0.1", "--port", str(port),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         lines: list[str] = []

@@ -1,0 +1,254 @@
+"""The delivery worker: the Sender in a child process of the gateway, off the proxy's CPU.
+
+mitmproxy runs every connection on one event loop, in one thread. Sending webhooks (HTTP
+client, signing, outbox bookkeeping) in that loop takes CPU from the traffic, so by default
+the gateway starts this worker beside it. They share only the outbox (SQLite in WAL mode
+allows one writer process and one claimer process; Redis is shared anyway) and two pipes:
+
+- parent -> worker (stdin): a line per "new work" hint, so deliveries go out at once; EOF
+  means the parent is gone, and the worker stops (it also gets SIGTERM if the parent dies).
+- worker -> parent (stdout): one JSON line per attempt and, every few seconds, the backlog;
+  the parent counts them in its own /metrics and shows outcomes in the flow viewer.
+
+Logs go to stderr, the same stream as the parent's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import sys
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+STATS_INTERVAL_S = 2.0
+
+
+class _Rules:
+    """What RulesWatcher swaps: the worker needs only the targets of the current rules."""
+
+    def __init__(self, rules) -> None:
+        self.rules = rules
+
+
+def _emit(record: dict) -> None:
+    sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+async def _read_hints(sender, stopping: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:  # the parent closed the pipe, or died
+            stopping.set()
+            return
+        sender.wake()
+
+
+class _Backlog:
+    """Reports the outbox backlog: every few seconds, and soon after attempts (debounced)."""
+
+    def __init__(self, outbox) -> None:
+        self.outbox = outbox
+        self.soon = asyncio.Event()
+
+    def attempted(self, record: dict) -> None:
+        _emit(record)
+        self.soon.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.soon.wait(), STATS_INTERVAL_S)
+                await asyncio.sleep(0.1)  # let a burst of attempts finish first
+            except asyncio.TimeoutError:
+                pass
+            self.soon.clear()
+            try:
+                _emit({"pending": await self.outbox.pending_count()})
+            except Exception as exc:  # the outbox says why in its own health; keep reporting
+                log.warning("deliver_worker.stats_failed", error=repr(exc))
+
+
+async def serve(settings) -> int:
+    from whazing_gateway.config.reload import RulesWatcher, initial_rules, register_rule_secrets
+    from whazing_gateway.deliver.sender import Sender
+    from whazing_gateway.outbox import open_outbox
+
+    if settings.storage_backend == "redis":
+        # its own local spool: only the parent puts, but two processes must never share one file
+        settings = dataclasses.replace(settings, data_dir=settings.data_dir / "worker")
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    holder = _Rules(initial_rules(settings))
+    outbox = open_outbox(settings)
+    await outbox.open()
+    sender = Sender(outbox, lambda: holder.rules.targets, per_ticket_order=settings.per_ticket_order,
+                    poll_interval=0.25)
+    backlog = _Backlog(outbox)
+    sender.on_attempt = backlog.attempted
+    await sender.start()
+    watcher = None
+    if settings.rules_reload_s:
+        watcher = RulesWatcher(holder, settings.rules_dir, settings=settings, interval_s=settings.rules_reload_s,
+                               on_reload=register_rule_secrets)
+        watcher.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    tasks = [asyncio.create_task(_read_hints(sender, stopping)), asyncio.create_task(backlog.run())]
+    log.info("deliver_worker.started", storage=settings.storage_backend)
+    await stopping.wait()
+    for t in tasks:
+        t.cancel()
+    if watcher is not None:
+        await watcher.stop()
+    await sender.stop()
+    await outbox.close()
+    log.info("deliver_worker.stopped")
+    return 0
+
+
+# ---- the parent's side -------------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the worker, first thing: SIGTERM when the parent dies, even by kill -9 (Linux).
+
+    Done after exec rather than in a preexec_fn: the parent has threads (the outbox's), and
+    running Python between fork and exec in a threaded process can deadlock."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the closed stdin still stops the worker
+        return
+    if os.getppid() != parent_pid:  # the parent died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class WorkerProcess:
+    """Starts the worker, keeps it running (restarts it with backoff), mirrors what it reports.
+
+    `wake()` is called from the pipeline for every accepted event: it coalesces hints into at
+    most one pipe write per loop iteration, and never blocks or raises.
+    """
+
+    def __init__(self, config_path, *, on_delivery=None) -> None:
+        self.config_path = str(config_path)
+        self.on_delivery = on_delivery
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._task: asyncio.Task | None = None
+        self._hint_pending = False
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="deliver-worker")
+
+    async def _spawn(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "whazing_gateway.deliver.worker", "--config", self.config_path,
+            "--parent-pid", str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+
+    async def _supervise(self) -> None:
+        from whazing_gateway.ops import metrics
+
+        backoff = 1.0
+        while not self._stopping:
+            await self._spawn()
+            log.info("deliver_worker.spawned", pid=self.proc.pid)
+            self.wake()  # whatever was accepted while no worker ran
+            async for line in self.proc.stdout:
+                self._mirror(line, metrics)
+                backoff = 1.0
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            log.error("deliver_worker.died: restarting; accepted deliveries wait in the outbox",
+                      returncode=code, retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _mirror(self, line: bytes, metrics) -> None:
+        from whazing_gateway.deliver.sender import count_attempt
+
+        try:
+            rec = json.loads(line)
+            if "pending" in rec:
+                metrics.OUTBOX_PENDING.set(rec["pending"])
+                return
+            count_attempt(rec["target"], rec["outcome"], rec["latency_s"], rec["age_s"])
+            if self.on_delivery is not None:
+                self.on_delivery(rec["id"], rec["target"], rec["outcome"], rec["detail"])
+        except Exception as exc:  # a garbled line must not stop the mirror
+            log.warning("deliver_worker.bad_report", error=repr(exc), line=line[:200])
+
+    def wake(self) -> None:
+        if self._hint_pending or not self.alive:
+            return
+        self._hint_pending = True
+        asyncio.get_running_loop().call_soon(self._send_hint)
+
+    def _send_hint(self) -> None:
+        self._hint_pending = False
+        try:
+            if self.alive and self.proc.stdin is not None and not self.proc.stdin.is_closing():
+                self.proc.stdin.write(b"w\n")
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # the supervisor restarts it; the outbox keeps the work
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """Close its stdin (it finishes what is in flight and stops), then wait; kill if stuck."""
+        self._stopping = True
+        if self.alive and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from whazing_gateway.config import ConfigError, load_settings
+    from whazing_gateway.ops.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m whazing_gateway.deliver.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    configure_logging(settings.log_format, settings.log_level, stream=sys.stderr)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The mitmproxy edge: the addon that `addons/gateway.py` hands to `mitmdump -s` / `mitmweb -s`.
+
+Hooks are the hot path of every request and every websocket frame: they only decide, with a
+prefix test or a route lookup, whether a record is worth reading, and hand it to the pipeline's
+queue. Everything else (decode, infer, route, outbox, delivery) runs in tasks beside the proxy,
+so the gateway can fail, stall or restart its delivery without the traffic noticing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+
+import structlog
+from mitmproxy import ctx, exceptions, hooks
+
+from whazing_gateway.decode import routes
+from whazing_gateway.edge import records as traffic
+from whazing_gateway.ops import metrics
+from whazing_gateway.pipeline.core import Result, ThrottledLog
+
+log = structlog.get_logger(__name__)
+
+# Websocket frames worth reading: server events `42[...]` on a `:ticketList` channel. The test
+# runs on raw bytes, so the thousands of other frames (pings, presence, other channels) cost
+# two slice comparisons and a short substring search each.
+_EVENT_PREFIX = b"42["
+_CHANNEL_MARK = b'List"'
+# Frames kept per live websocket flow: an agent's tab stays open for days.
+WS_KEEP_MESSAGES = 200
+
+
+def wants_request(flow) -> bool:
+    """A request read before it is answered: a creation announces the push that follows."""
+    method = flow.request.method
+    if method == "GET":
+        return False
+    route = routes.match(method, flow.request.path.partition("?")[0])
+    return route is not None and route.kind in routes.READ_REQUEST
+
+
+def wants_response(flow) -> bool:
+    route = routes.match(flow.request.method, flow.request.path.partition("?")[0])
+    return route is not None and route.kind in routes.READ_RESPONSE
+
+
+def wants_frame(message) -> bool:
+    """A server frame that may carry a Whazing push (`42["1:ticketList",...`)."""
+    if message.from_client:
+        return False
+    content = message.content
+    return content[:3] == _EVENT_PREFIX and _CHANNEL_MARK in content[:80]
+
+
+class FlowNotes:
+    """Shows, on each flow, the events it caused and what became of their deliveries.
+
+    mitmweb displays `flow.comment` and the mark; the details go to `flow.metadata["whazing"]`
+    (searchable with `~meta`). Flows are held weakly: a flow dropped by the viewer is not kept
+    alive for its annotations.
+    """
+
+    MAX_LINES = 50
+    MAX_META = 200
+
+    def __init__(self) -> None:
+        self.flows: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self.by_delivery: dict[str, str] = {}
+
+    def track(self, flow) -> None:
+        self.flows[flow.id] = flow
+
+    def on_result(self, result: Result) -> None:
+        flow = self.flows.get(result.record.flow_id)
+        if flow is None:
+            return
+        meta = flow.metadata.setdefault("whazing", {"events": [], "deliveries": {}})
+        lines = flow.comment.splitlines() if flow.comment else []
+        for ev in result.events:
+            change = ", ".join(f"{k} {a}->{b}" for k, (a, b) in ev.changes.items())
+            lines.append(f"{ev.type} #{ev.ticket_id}" + (f" {change}" if change else "")
+                         + (f" ({ev.origin})" if ev.origin else ""))
+            meta["events"].append({"id": ev.id, "type": ev.type, "ticket": ev.ticket_id,
+                                   "changes": {k: list(v) for k, v in ev.changes.items()}})
+        for d in result.deliveries:
+            meta["deliveries"][d.id] = {"target": d.target, "event": d.event_type,
+                                        "status": "queued" if result.accepted else "not accepted"}
+            lines.append(f"  -> {d.target}: {'queued' if result.accepted else 'NOT ACCEPTED (outbox error)'} [{d.id}]")
+            self.by_delivery[d.id] = flow.id
+            if len(self.by_delivery) > 100_000:
+                self.by_delivery.pop(next(iter(self.by_delivery)))
+        # A websocket flow (the observer's, an agent's tab) lives for days: keep its details bounded.
+        del meta["events"][: -self.MAX_META]
+        while len(meta["deliveries"]) > self.MAX_META:
+            meta["deliveries"].pop(next(iter(meta["deliveries"])))
+        flow.comment = "\n".join(lines[-self.MAX_LINES:])
+        flow.marked = ":default:"
+        self._update(flow)
+
+    def on_delivery(self, delivery_id: str, target: str, outcome: str, detail: str) -> None:
+        flow_id = self.by_delivery.get(delivery_id)
+        flow = self.flows.get(flow_id) if flow_id else None
+        if flow is None:
+            return
+        info = flow.metadata.get("whazing", {}).get("deliveries", {}).get(delivery_id)
+        if info is not None:
+            info["status"] = outcome
+            info["detail"] = detail
+        lines = flow.comment.splitlines()
+        lines.append(f"  <- {target}: {outcome} {detail} [{delivery_id}]")
+        flow.comment = "\n".join(lines[-self.MAX_LINES:])
+        if outcome == "dead":
+            flow.marked = ":warning:"
+        if outcome in ("delivered", "dead"):
+            self.by_delivery.pop(delivery_id, None)
+        self._update(flow)
+
+    @staticmethod
+    def _update(flow) -> None:
+        try:
+            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+        except Exception:  # no master (tests) or a viewer that went away: annotations still stand
+            pass
+
+
+class FlowLimit:
+    """Keep at most `max_flows` finished flows in mitmweb's view: a viewer open for days stays small."""
+
+    def __init__(self, view, max_flows: int) -> None:
+        self.view = view
+        self.max_flows = max_flows
+        self.order: deque = deque()
+
+    def add(self, flow) -> None:
+        """Count a finished flow (HTTP response, errored flow, websocket end); evict the oldest.
+
+        A flow still live when its turn comes (rare: flows are added when they finish) keeps its
+        place and goes once it is finished, instead of staying in the view for good."""
+        view = self.view
+        if self.max_flows <= 0:
+            return
+        self.order.append(weakref.ref(flow))
+        excess = len(self.order) - self.max_flows
+        if excess <= 0:
+            return
+        live: list = []
+        old: list = []
+        while self.order and excess > 0:
+            ref = self.order.popleft()
+            f = ref()
+            if f is not None and f.live and f is not flow:
+                live.append(ref)
+                continue
+            excess -= 1
+            if f is not None and f is not flow and view.get_by_id(f.id) is not None:
+                old.append(f)
+        self.order.extendleft(reversed(live))
+        if old:
+            view.remove(old)
+
+
+class Gateway:
+    """Taps the traffic and owns the gateway's services for the life of the proxy."""
+
+    def __init__(self) -> None:
+        self.settings = None
+        self.services = None
+        self.notes = FlowNotes()
+        self.annotate = True
+        self.recording = False
+        self.limit: FlowLimit | None = None
+        self.errors = ThrottledLog()
+
+    # -- options -----------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option("whazing_config", str, "gateway.yaml",
+                          "Whazing Gateway main config file (gateway.yaml).")
+
+    def configure(self, updated) -> None:
+        if "save_stream_file" in updated:
+            # While a capture is written (`-w` / save_stream_file), websocket history is kept
+            # whole so `replay` sees every frame; otherwise it is trimmed to bound memory.
+            self.recording = bool(getattr(ctx.options, "save_stream_file", None))
+        if "whazing_config" not in updated:
+            return
+        from whazing_gateway.config import ConfigError, load_settings
+
+        try:
+            self.settings = load_settings(ctx.options.whazing_config)
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"whazing_config: {exc}") from None
+        except OSError as exc:
+            raise exceptions.OptionsError(f"whazing_config: cannot read {ctx.options.whazing_config}: {exc}") from None
+
+    def running(self) -> None:
+        from whazing_gateway.pipeline.services import Services
+
+        if ctx.options.deferred:
+            log.warning("unknown mitmproxy options ignored (misspelled --set?)", options=sorted(ctx.options.deferred))
+        view = ctx.master.addons.get("view")
+        # Only a flow viewer keeps flows: only then is there something to bound.
+        self.limit = FlowLimit(view, self.settings.max_flows) if view is not None else None
+        # Annotations are for eyes (the flow viewer) and for saved captures; without either,
+        # they would only cost time on every event.
+        self.annotate = view is not None or self.recording
+        notes = self.notes if self.annotate else None
+        self.services = Services(self.settings, on_result=notes and notes.on_result,
+                                 on_delivery=notes and notes.on_delivery)
+        self.services.start_soon()
+
+    async def done(self) -> None:
+        if self.services is not None:
+            await self.services.stop()
+            self.services = None
+
+    # -- hot path ----------------------------------------------------------------------------
+    def _submit(self, flow, record) -> None:
+        if self.annotate:
+            self.notes.track(flow)
+        self.services.pipeline.submit(record)
+
+    def request(self, flow) -> None:
+        if self.services is None:
+            return
+        try:
+            if wants_request(flow):
+                self._submit(flow, traffic.request_record(flow))
+        except Exception as exc:
+            self._failed("request", exc, flow)
+
+    def response(self, flow) -> None:
+        if self.services is None:
+            return
+        try:
+            if self.limit is not None and flow.websocket is None:  # websockets count when they end
+                self.limit.add(flow)
+            if wants_response(flow):
+                self._submit(flow, traffic.exchange_record(flow))
+        except Exception as exc:
+            self._failed("response", exc, flow)
+
+    def websocket_message(self, flow) -> None:
+        if self.services is None:
+            return
+        try:
+            messages = flow.websocket.messages
+            msg = messages[-1]
+            if wants_frame(msg):
+                self._submit(flow, traffic.frame_record(flow.id, msg))
+            if len(messages) > WS_KEEP_MESSAGES and not self.recording:
+                del messages[: len(messages) - WS_KEEP_MESSAGES]
+        except Exception as exc:
+            self._failed("websocket", exc, flow)
+
+    def websocket_end(self, flow) -> None:
+        if self.limit is not None:
+            self.limit.add(flow)
+
+    def error(self, flow) -> None:
+        """A flow that never got a response (client gone, upstream down) still takes a place."""
+        if self.limit is not None and flow.websocket is None:
+            self.limit.add(flow)
+
+    def _failed(self, hook: str, exc: Exception, flow) -> None:
+        metrics.STAGE_ERRORS.labels(f"hook_{hook}").inc()
+        self.errors.error(f"hook_{hook}", "gateway hook failed; the flow goes on untouched",
+                          error=repr(exc), flow_id=getattr(flow, "id", None))
+

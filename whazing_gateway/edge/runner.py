@@ -1,0 +1,102 @@
+"""`whazing-gateway run`: mitmproxy in reverse mode with the addon, configured from gateway.yaml.
+
+Users never assemble mitmproxy flags: the listen address, upstream, body streaming and the flow
+viewer's binding and password all come from gateway.yaml. `--set` passes extra options through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import sys
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def mitmproxy_options(settings, web: bool) -> dict:
+    """The mitmproxy options a gateway runs with (pure: tested without starting a proxy)."""
+    opts = {
+        "mode": [f"reverse:{settings.upstream}"],
+        "listen_host": settings.listen_host,
+        "listen_port": settings.listen_port,
+        # A sidecar in front of Whazing serves browsers on public addresses.
+        "block_global": False,
+        # Above this size bodies are streamed through, not held in memory (and not inspected).
+        "stream_large_bodies": settings.stream_large_bodies,
+        "whazing_config": str(settings.config_path),
+    }
+    if web:
+        opts.update(web_host=settings.web_host, web_port=settings.web_port, web_open_browser=False,
+                    # The comment column shows each flow's events and deliveries in the list itself.
+                    web_columns=["tls", "icon", "path", "method", "status", "size", "time", "comment"])
+        if settings.web_password:
+            opts["web_password"] = settings.web_password
+    return opts
+
+
+async def _serve(settings, web: bool, extra: list[str]) -> int:
+    from mitmproxy import options
+
+    from whazing_gateway.edge.addon import Gateway
+
+    opts = options.Options()
+    if web:
+        from mitmproxy.tools.web.master import WebMaster
+
+        master = WebMaster(opts, with_termlog=False)
+    else:
+        from mitmproxy.tools.dump import DumpMaster
+
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master.addons.add(Gateway())
+    values = mitmproxy_options(settings, web)
+    opts.update(**values)
+    if extra:
+        opts.set(*extra)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, master.shutdown)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if web:
+        url = f"http://{settings.web_host}:{settings.web_port}/"
+        if settings.web_password:
+            log.info("flow viewer", url=url, auth="web.password from gateway.yaml")
+        else:
+            # The log masks tokens (mitmweb's own startup line included): the random token is
+            # written once to the terminal, outside the log, as mitmweb itself does.
+            token = secrets.token_hex(16)
+            opts.update(web_password=token)
+            sys.stderr.write(f"flow viewer: {url}?token={token}  (random token; set web.password "
+                             f"in gateway.yaml for a fixed one)\n")
+            sys.stderr.flush()
+            log.info("flow viewer", url=url, auth="random token, printed on the terminal at start")
+    await master.run()
+    return 0
+
+
+def run_command(args) -> int:
+    from whazing_gateway.config import ConfigError, load_settings
+    from whazing_gateway.ops.logs import configure_logging
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"cannot read {args.config}: {exc}\n")
+        return 1
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.web_password:
+        from whazing_gateway.ops.logs import register_secret
+
+        register_secret(settings.web_password)
+    try:
+        return asyncio.run(_serve(settings, args.web, args.set))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,63 @@
+"""Small shared state for inference and routing (ticket state, de-duplication, queue integrations).
+
+One async interface, two engines: `MemoryState` (bounded, one process; the default) and the
+Redis engine in `whazing_gateway/outbox/redis.py` (shared by replicas). Async because the
+Redis engine does network I/O; the memory engine never awaits anything slow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+
+class StateStore(Protocol):
+    async def get(self, key: str) -> Any | None: ...
+
+    async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None: ...
+
+    async def add_once(self, key: str, ttl_s: float | None = None) -> bool:
+        """Mark `key` seen; True only for the first caller (the de-duplication primitive)."""
+        ...
+
+
+class MemoryState:
+    """A bounded LRU map with optional expiry: per-process caches must not grow without limit."""
+
+    def __init__(self, max_items: int = 100_000, clock=time.monotonic) -> None:
+        self._items: OrderedDict[str, tuple[Any, float | None]] = OrderedDict()
+        self._max = max_items
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _live(self, key: str) -> tuple[Any, float | None] | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[1] is not None and item[1] <= self._clock():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return item
+
+    def _put(self, key: str, value: Any, ttl_s: float | None) -> None:
+        self._items[key] = (value, None if ttl_s is None else self._clock() + ttl_s)
+        self._items.move_to_end(key)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+    async def get(self, key: str) -> Any | None:
+        item = self._live(key)
+        return None if item is None else item[0]
+
+    async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        self._put(key, value, ttl_s)
+
+    async def add_once(self, key: str, ttl_s: float | None = None) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._put(key, True, ttl_s)
+        return True
