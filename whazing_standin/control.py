@@ -44,7 +44,7 @@ async def group_inbound(request: web.Request) -> web.Response:
             group_name=d.get("groupName"))
         await st.push(emits)
     return json_response({"ticketId": t.id, "messageId": m.id, "contactId": t.contactId,
-                          "senderContactId": st.world.messages[m.id].contactMessageId, **info})
+                          "senderContactId": m.contactId, **info})
 
 
 async def bot_transfer(request: web.Request) -> web.Response:

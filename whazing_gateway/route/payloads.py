@@ -72,13 +72,21 @@ def _whatsapp(event: model.Event) -> dict[str, Any]:
     return {"id": cid, "name": name}
 
 
-def _message_body_text(event: model.Event, ticket: Mapping[str, Any]) -> str:
-    """`messageBody` of a ticket webhook: the last message's text, else the ticket's lastMessage, else ''."""
+def _message_body_text(event: model.Event) -> str:
+    """`messageBody` of a ticket webhook, as Whazing fills it (notes, section 4).
+
+    `""` when an agent created the ticket; otherwise the ticket's own `lastMessage` as the push
+    carried it: the inbound text for NewTicket and for a reopen by a new message, and for
+    transfers and closes the last message whoever sent it (agent, bot, system notice). Only a
+    ticket object without `lastMessage` (older builds) falls back to the last received message.
+    """
+    if event.type == model.TICKET_CREATED and event.origin == model.ORIGIN_AGENT:
+        return ""
+    last = (event.ticket or {}).get("lastMessage")
+    if isinstance(last, str):
+        return last
     body = _m(event.message).get("body")
-    if isinstance(body, str):
-        return body
-    last = ticket.get("lastMessage")
-    return last if isinstance(last, str) else ""
+    return body if isinstance(body, str) else ""
 
 
 def ticket_type(event: model.Event) -> str:
@@ -91,7 +99,7 @@ def whazing_ticket_body(event: model.Event) -> dict[str, Any]:
     t = _ticket_view(event)
     return {
         "Type": ticket_type(event),
-        "messageBody": _message_body_text(event, t),
+        "messageBody": _message_body_text(event),
         "ticket": {k: t.get(k) for k in ("id", "status", "protocol", "queueId", "userId", "apiConfig",
                                          "closingReasonId")},
         "contact": contact_body(ticket_contact(event), t.get("contactId")),
