@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from whazing_standin import seed, services
-from whazing_standin.routes import body_json, json_response, standin_of
+from whazing_standin.http_helpers import body_json, json_response, standin_of
 from whazing_standin.store import ticket_json
 
 

@@ -98,7 +98,7 @@ def create_or_update_contact(w: World, tenant_id: int, number: str, name: str | 
         _touch(c)
     else:
         return c, []
-    return c, [emit(tenant_id, "contact:update", contact_json(c))]
+    return c, [emit(tenant_id, "contact:update", contact_json(c) or {})]
 
 
 def update_contact(w: World, tenant_id: int, contact_id: int, data: dict[str, Any]) -> tuple[Contact, list[Emit]]:
@@ -109,7 +109,7 @@ def update_contact(w: World, tenant_id: int, contact_id: int, data: dict[str, An
         if key in data and data[key] is not None:
             setattr(c, key, str(data[key]))
     _touch(c)
-    return c, [emit(tenant_id, "contact:update", contact_json(c))]
+    return c, [emit(tenant_id, "contact:update", contact_json(c) or {})]
 
 
 def delete_contact(w: World, tenant_id: int, contact_id: int) -> list[Emit]:
@@ -117,7 +117,7 @@ def delete_contact(w: World, tenant_id: int, contact_id: int) -> list[Emit]:
     if c is None or c.tenantId != tenant_id:
         raise ServiceError("ERR_NO_CONTACT_FOUND", 404)
     del w.contacts[contact_id]
-    return [emit(tenant_id, "contact:delete", contact_json(c))]
+    return [emit(tenant_id, "contact:delete", contact_json(c) or {})]
 
 
 # ---- messages --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class User:
     queues: tuple[int, ...] = ()
     tokenVersion: int = 0
     isOnline: bool = False
+    configs: dict[str, Any] = field(default_factory=dict)  # the SPA's per-user UI preferences
 
 
 @dataclass
@@ -154,6 +155,8 @@ class World:
     api_configs: dict[str, ApiConfig] = field(default_factory=dict)
     logs: list[LogTicket] = field(default_factory=list)
     reopen_ticket: bool = False
+    settings: dict[str, str] = field(default_factory=lambda: dict(seed.SETTINGS))
+    general_settings: dict[str, str] = field(default_factory=lambda: dict(seed.GENERAL_SETTINGS))
     next_contact: int = 1
     next_ticket: int = 1
     next_message: int = 1
