@@ -186,3 +186,18 @@ def test_sample_n8n_flow_expressions_resolve_on_our_bodies():
                 assert isinstance(value, int) and not isinstance(value, bool), (event.type, expression, value)
             else:
                 assert isinstance(value, str), (event.type, expression, value)
+
+
+def test_media_in_base64_fills_the_field_or_appends_a_note():
+    from whazing_gateway.deliver.media import Media
+
+    doc = dict(MESSAGE, mediaType="document", mediaUrl="http://w/public/0001-a.pdf")
+    plain = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc)))
+    got = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc), media=Media("JVBERg==", None, 4)))
+    assert got["mediaBase64"] == "JVBERg==" and list(got) == list(plain)  # the native keys, in order
+    skipped = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc), media=Media(None, "too big")))
+    assert skipped["mediaBase64"] is None and list(skipped) == list(plain) + ["mediaBase64Note"]
+    assert skipped["mediaBase64Note"] == "too big"
+    env = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc), "envelope", Media("JVBERg==", None, 4)))
+    assert env["data"]["mediaBase64"] == "JVBERg==" and "mediaBase64" not in json.loads(
+        render(ev(model.MESSAGE_RECEIVED, message=doc), "envelope"))["data"]

@@ -78,12 +78,14 @@ async def ack(request: web.Request) -> web.Response:
 
 
 async def settings(request: web.Request) -> web.Response:
-    """`{reopenTicket: bool}`: the tenant's ReopenTicket setting."""
+    """`{reopenTicket: bool, privateFile: bool}`: the ReopenTicket setting; media only with a login."""
     st = standin_of(request)
     d = await body_json(request)
     if "reopenTicket" in d:
         st.world.reopen_ticket = bool(d["reopenTicket"])
-    return json_response({"reopenTicket": st.world.reopen_ticket})
+    if "privateFile" in d:
+        st.world.private_files = bool(d["privateFile"])
+    return json_response({"reopenTicket": st.world.reopen_ticket, "privateFile": st.world.private_files})
 
 
 async def channel(request: web.Request) -> web.Response:

@@ -246,7 +246,12 @@ async def forward_messages(request: web.Request) -> web.Response:
 
 
 async def public_file(request: web.Request) -> web.Response:
-    ctype, content = standin_of(request).media.get(request.match_info["name"], (None, None))
+    """An uploaded media; with private files on (`/__sim/settings {"privateFile": true}`) only
+    for a valid bearer, as newer builds serve them."""
+    st = standin_of(request)
+    if st.world.private_files:
+        principal(request)
+    ctype, content = st.media.get(request.match_info["name"], (None, None))
     if content is None:
         raise web.HTTPNotFound()
     return web.Response(body=content, content_type=ctype or "application/octet-stream")

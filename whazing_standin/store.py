@@ -155,6 +155,7 @@ class World:
     api_configs: dict[str, ApiConfig] = field(default_factory=dict)
     logs: list[LogTicket] = field(default_factory=list)
     reopen_ticket: bool = False
+    private_files: bool = False  # media under /public/ only with a valid bearer (newer builds' privateFile)
     settings: dict[str, str] = field(default_factory=lambda: dict(seed.SETTINGS))
     general_settings: dict[str, str] = field(default_factory=lambda: dict(seed.GENERAL_SETTINGS))
     next_contact: int = 1
