@@ -52,7 +52,7 @@ MESSAGE: dict[str, Any] = {
     "ticketId": INT, "contactId": INT, "timestamp": INT, "ack": INT, "sendType": OPT_STR, "status": STR,
     "isDeleted": BOOL, "edited": BOOL, "reactions": (list,), "dataJson": (dict, str, NoneType),
     "userId": OPT_INT, "ticket": MESSAGE_TICKET, "contact": CONTACT,
-    "contactmessage": ("optional", CONTACT), "user": ("optional", USER_REF),
+    "user": ("optional", USER_REF),
 }
 
 ENVELOPE_KEYS = {"type", "payload"}

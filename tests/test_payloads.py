@@ -37,7 +37,7 @@ def test_transfer_ticket_body_matches_native_shape_exactly():
     body = json.loads(render(ev(model.TICKET_TRANSFERRED, changes={"queueId": (None, 3)})))
     assert body == {
         "Type": "TransferTicket",
-        "messageBody": "Quero falar com um atendente",
+        "messageBody": "ok",  # the ticket's lastMessage, not the last received message
         "ticket": {"id": 123, "status": "open", "protocol": "20250101-1", "queueId": 3, "userId": 7,
                    "apiConfig": None, "closingReasonId": None},
         "contact": NATIVE_CONTACT,
@@ -63,10 +63,24 @@ def test_ticket_type_names():
     }
 
 
-def test_ticket_body_messagebody_falls_back_to_last_message_then_empty():
-    assert json.loads(render(ev(model.TICKET_CLOSED, message=None)))["messageBody"] == "ok"
+def test_ticket_body_messagebody_is_the_tickets_last_message_whoever_sent_it():
+    bot_said = dict(TICKET, lastMessage="Você será atendido pelo setor de Vendas.")
+    for kind in (model.TICKET_TRANSFERRED, model.TICKET_CLOSED, model.TICKET_REOPENED, model.TICKET_ACCEPTED):
+        assert json.loads(render(ev(kind, ticket=bot_said)))["messageBody"] == bot_said["lastMessage"], kind
+    inbound = dict(TICKET, lastMessage="Olá, quero comprar")
+    assert json.loads(render(ev(model.TICKET_CREATED, origin="NewTicket", ticket=inbound)))["messageBody"] == "Olá, quero comprar"
+
+
+def test_agent_created_ticket_has_empty_messagebody():
+    body = json.loads(render(ev(model.TICKET_CREATED, origin="NewTicketUserCreate")))
+    assert body["Type"] == "NewTicketUserCreate" and body["messageBody"] == ""
+
+
+def test_ticket_body_messagebody_without_lastmessage_falls_back_to_last_received_then_empty():
     bare = {k: v for k, v in TICKET.items() if k != "lastMessage"}
+    assert json.loads(render(ev(model.TICKET_CLOSED, ticket=bare)))["messageBody"] == MESSAGE["body"]
     assert json.loads(render(ev(model.TICKET_CLOSED, message=None, ticket=bare)))["messageBody"] == ""
+    assert json.loads(render(ev(model.TICKET_CLOSED, ticket=dict(TICKET, lastMessage=None), message=None)))["messageBody"] == ""
 
 
 def test_message_body_matches_native_shape_exactly():
@@ -172,3 +186,18 @@ def test_sample_n8n_flow_expressions_resolve_on_our_bodies():
                 assert isinstance(value, int) and not isinstance(value, bool), (event.type, expression, value)
             else:
                 assert isinstance(value, str), (event.type, expression, value)
+
+
+def test_media_in_base64_fills_the_field_or_appends_a_note():
+    from whazing_gateway.deliver.media import Media
+
+    doc = dict(MESSAGE, mediaType="document", mediaUrl="http://w/public/0001-a.pdf")
+    plain = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc)))
+    got = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc), media=Media("JVBERg==", None, 4)))
+    assert got["mediaBase64"] == "JVBERg==" and list(got) == list(plain)  # the native keys, in order
+    skipped = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc), media=Media(None, "too big")))
+    assert skipped["mediaBase64"] is None and list(skipped) == list(plain) + ["mediaBase64Note"]
+    assert skipped["mediaBase64Note"] == "too big"
+    env = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc), "envelope", Media("JVBERg==", None, 4)))
+    assert env["data"]["mediaBase64"] == "JVBERg==" and "mediaBase64" not in json.loads(
+        render(ev(model.MESSAGE_RECEIVED, message=doc), "envelope"))["data"]

@@ -270,14 +270,16 @@ async def test_reopen_setting_reuses_closed_ticket(standin, http, sock):
     assert (await inbound(http, standin.url))["ticketId"] == tid + 1
 
 
-async def test_group_message_has_contactmessage(standin, http, sock):
+async def test_group_message_contact_is_the_sender_ticket_contact_the_group(standin, http, sock):
     _, rec = sock
     r = await sim(http, standin.url, "group", {"whatsappId": 1, "groupNumber": "120363999", "groupName": "Grupo",
                                                 "number": "5511944440001", "name": "Rui", "body": "oi grupo"})
     await wait_for(lambda: "chat:create" in rec.types())
     msg = rec.events[-1][1]["payload"]
-    assert msg["ticket"]["isGroup"] is True and msg["contact"]["isGroup"] is True
-    assert msg["contactmessage"]["number"] == "5511944440001" and msg["contactmessage"]["id"] == r["senderContactId"]
+    assert msg["ticket"]["isGroup"] is True and msg["ticket"]["contact"]["isGroup"] is True
+    assert msg["ticket"]["contact"]["number"] == "120363999"
+    assert msg["contact"]["number"] == "5511944440001" and msg["contact"]["isGroup"] is False
+    assert msg["contactId"] == msg["contact"]["id"] == r["senderContactId"] != msg["ticket"]["contactId"]
 
 
 async def test_close_with_rating_holds_response_after_push(standin, http, agent, sock):

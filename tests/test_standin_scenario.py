@@ -154,7 +154,8 @@ async def test_pushes_carry_the_documented_signals(standin):
     assert any(m["mediaType"] == "document" and m["mediaUrl"].endswith("catalogo.pdf") for m in sent)
     group = [d["payload"] for _, d in received if d["type"] == "chat:create" and d["payload"]["ticketId"] == D
              and not d["payload"]["fromMe"]]
-    assert [m["contactmessage"]["number"] for m in group] == ["5511988880004", "5511988880005"]
+    assert [m["contact"]["number"] for m in group] == ["5511988880004", "5511988880005"]
+    assert {m["ticket"]["contact"]["number"] for m in group} == {"120363000000000001"}
     async with aiohttp.ClientSession() as s:
         async with s.get(standin.url + "/__sim/state") as r:
             state = await r.json()

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from whazing_standin import seed, services
-from whazing_standin.routes import body_json, json_response, standin_of
+from whazing_standin.http_helpers import body_json, json_response, standin_of
 from whazing_standin.store import ticket_json
 
 
@@ -44,7 +44,7 @@ async def group_inbound(request: web.Request) -> web.Response:
             group_name=d.get("groupName"))
         await st.push(emits)
     return json_response({"ticketId": t.id, "messageId": m.id, "contactId": t.contactId,
-                          "senderContactId": st.world.messages[m.id].contactMessageId, **info})
+                          "senderContactId": m.contactId, **info})
 
 
 async def bot_transfer(request: web.Request) -> web.Response:
@@ -78,12 +78,14 @@ async def ack(request: web.Request) -> web.Response:
 
 
 async def settings(request: web.Request) -> web.Response:
-    """`{reopenTicket: bool}`: the tenant's ReopenTicket setting."""
+    """`{reopenTicket: bool, privateFile: bool}`: the ReopenTicket setting; media only with a login."""
     st = standin_of(request)
     d = await body_json(request)
     if "reopenTicket" in d:
         st.world.reopen_ticket = bool(d["reopenTicket"])
-    return json_response({"reopenTicket": st.world.reopen_ticket})
+    if "privateFile" in d:
+        st.world.private_files = bool(d["privateFile"])
+    return json_response({"reopenTicket": st.world.reopen_ticket, "privateFile": st.world.private_files})
 
 
 async def channel(request: web.Request) -> web.Response:

@@ -13,8 +13,16 @@ import structlog
 from aiohttp import web
 
 from whazing_standin import auth, services
-from whazing_standin.routes import _int, _media_type, _read_send_form, body_json, error, json_response, standin_of
-from whazing_standin.server import Standin
+from whazing_standin.core import Standin
+from whazing_standin.http_helpers import (
+    body_json,
+    error,
+    json_response,
+    media_type,
+    opt_int,
+    read_send_form,
+    standin_of,
+)
 from whazing_standin.store import ApiConfig, contact_json, ticket_json
 
 log = structlog.get_logger(__name__)
@@ -28,6 +36,7 @@ def api_config(request: web.Request, token: str | None = None) -> ApiConfig:
     header = f"Bearer {token}" if token else request.headers.get("Authorization")
     if cfg is None:
         auth.check_api_token(header, "")  # same 403 as a wrong token: no probing of api ids
+        raise auth.AuthError("Invalid token.", 403)
     auth.check_api_token(header, cfg.token)
     if not cfg.isActive:
         raise auth.AuthError("ERR_API_CONFIG_INACTIVE", 403)
@@ -48,7 +57,8 @@ async def _send_later(st: Standin, cfg: ApiConfig, data: dict[str, Any], files: 
     await asyncio.sleep(SEND_DELAY)
     try:
         async with st.lock:
-            w, emits = st.world, []
+            w = st.world
+            emits: list[services.Emit] = []
             if data.get("ticketId"):
                 t = services.get_ticket(w, cfg.tenantId, data["ticketId"])
             else:
@@ -61,7 +71,7 @@ async def _send_later(st: Standin, cfg: ApiConfig, data: dict[str, Any], files: 
             if files:
                 for name, ctype in files:
                     _, e = services.send_message(w, cfg.tenantId, t, body=body or name.split("-", 1)[1],
-                                                 user_id=None, media_type=_media_type(ctype),
+                                                 user_id=None, media_type=media_type(ctype),
                                                  media_url=f"{st.backend_url}/public/{name}", send_type="API")
                     emits += e
             else:
@@ -74,7 +84,7 @@ async def _send_later(st: Standin, cfg: ApiConfig, data: dict[str, Any], files: 
 
 async def send(request: web.Request) -> web.Response:
     st, cfg = standin_of(request), api_config(request)
-    data, files = await _read_send_form(st, request, "media")
+    data, files = await read_send_form(st, request, "media")
     if not data.get("ticketId") and not _number(data.get("number")):
         return error("ERR_NO_NUMBER", 400)
     asyncio.get_running_loop().create_task(_send_later(st, cfg, data, files))
@@ -119,8 +129,8 @@ async def create_ticket(request: web.Request) -> web.Response:
     async with st.lock:
         contact, emits = services.create_or_update_contact(st.world, cfg.tenantId, number, data.get("name"))
         t, e = services.create_ticket(st.world, cfg.tenantId, contact_id=contact.id,
-                                      status=data.get("status") or "pending", user_id=_int(data.get("userId")),
-                                      whatsapp_id=cfg.sessionId, queue_id=_int(data.get("queueId")),
+                                      status=data.get("status") or "pending", user_id=opt_int(data.get("userId")),
+                                      whatsapp_id=cfg.sessionId, queue_id=opt_int(data.get("queueId")),
                                       is_created=True)
         await st.push(emits + e)
     return json_response(ticket_json(st.world, t, isCreated=True))

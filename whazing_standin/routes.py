@@ -1,4 +1,4 @@
-"""Whazing's REST routes (section 2 of the Whazing notes) and its external API.
+"""Whazing's REST routes (section 2 of the Whazing notes): auth, tickets, messages, contacts...
 
 Every handler: check the bearer, call a service, `await standin.push(emits)`, then answer.
 Bodies are Express-style compact JSON, so the same state gives the same bytes.
@@ -7,15 +7,22 @@ Bodies are Express-style compact JSON, so the same state gives the same bytes.
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from whazing_standin import auth, services
-from whazing_standin.server import STANDIN_KEY, Standin, dumps
-from whazing_standin.services import ServiceError
+from whazing_standin.http_helpers import (
+    body_json,
+    error,
+    json_response,
+    media_type,
+    opt_int,
+    principal,
+    read_send_form,
+    standin_of,
+)
 from whazing_standin.store import (
     contact_json,
     message_json,
@@ -26,47 +33,6 @@ from whazing_standin.store import (
 )
 
 log = structlog.get_logger(__name__)
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(data), status=status, content_type="application/json")
-
-
-def error(message: str, status: int) -> web.Response:
-    return json_response({"error": message}, status)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """AppError handling: `{"error": "<code>"}` with the error's status."""
-    try:
-        return await handler(request)
-    except auth.AuthError as exc:
-        return error(exc.message, exc.status)
-    except ServiceError as exc:
-        return error(exc.code, exc.status)
-    except (ValueError, TypeError, KeyError) as exc:
-        log.info("standin.bad_request", path=request.path, error=repr(exc))
-        return error("ERR_BAD_REQUEST", 400)
-
-
-def standin_of(request: web.Request) -> Standin:
-    return request.app[STANDIN_KEY]
-
-
-def principal(request: web.Request) -> auth.Principal:
-    return auth.principal_from_header(request.headers.get("Authorization"))
-
-
-async def body_json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    data = await request.json()
-    return data if isinstance(data, dict) else {}
-
-
-def _int(v: Any) -> int | None:
-    return None if v in (None, "", "null") else int(v)
 
 
 # ---- auth ------------------------------------------------------------------------------------
@@ -116,7 +82,7 @@ async def refresh_token(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     st = standin_of(request)
     data = await body_json(request)
-    user = st.world.users.get(_int(data.get("id")) or -1)
+    user = st.world.users.get(opt_int(data.get("id")) or -1)
     if user is None:
         return error("ERR_USER_NOT_FOUND", 404)
     user.isOnline = False
@@ -154,8 +120,8 @@ async def create_ticket(request: web.Request) -> web.Response:
     async with st.lock:
         t, emits = services.create_ticket(
             st.world, p.tenantId, contact_id=int(data["contactId"]), status=data.get("status") or "open",
-            user_id=_int(data.get("userId")) or p.id,
-            whatsapp_id=_int(data.get("whatsappId", data.get("channelId"))), queue_id=_int(data.get("queueId")))
+            user_id=opt_int(data.get("userId")) or p.id,
+            whatsapp_id=opt_int(data.get("whatsappId", data.get("channelId"))), queue_id=opt_int(data.get("queueId")))
         await st.push(emits)
     return json_response(ticket_json(st.world, t, isActiveDemand=True))
 
@@ -166,7 +132,7 @@ async def update_ticket(request: web.Request) -> web.Response:
     is_transference = bool(data.get("isTransference")) and data.get("isTransference") not in ("0", "false")
     async with st.lock:
         old_status = services.get_ticket(st.world, p.tenantId, request.match_info["ticketId"]).status
-        fields = {k: data[k] for k in ("status", "userId", "queueId") if k in data}
+        fields: dict[str, Any] = {k: data[k] for k in ("status", "userId", "queueId") if k in data}
         t, emits = services.update_ticket(st.world, p.tenantId, request.match_info["ticketId"], fields,
                                           is_transference=is_transference, request_user=p.id)
         await st.push(emits)
@@ -229,43 +195,17 @@ async def list_messages(request: web.Request) -> web.Response:
                           "count": len(msgs), "hasMore": False})
 
 
-def _media_type(content_type: str) -> str:
-    major = (content_type or "application/octet-stream").split("/", 1)[0]
-    return major if major in ("image", "video", "audio") else "document"
-
-
-async def _read_send_form(st: Standin, request: web.Request, file_field: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """JSON or multipart; the `file_field` parts are kept in memory and served under /public/."""
-    if not (request.content_type or "").startswith("multipart/"):
-        return await body_json(request), []
-    fields: dict[str, Any] = {}
-    files: list[tuple[str, str]] = []
-    reader = await request.multipart()
-    async for part in reader:
-        if part.filename and part.name == file_field:
-            content = await part.read()
-            name = f"{len(st.media) + 1:04d}-{part.filename}"
-            ctype = part.headers.get("Content-Type") or mimetypes.guess_type(part.filename)[0] or ""
-            st.media[name] = (ctype, bytes(content))
-            files.append((name, ctype))
-        elif part.filename:
-            await part.read()  # a file under another field name: not a media of this call
-        elif part.name:
-            fields[part.name] = await part.text()
-    return fields, files
-
-
 async def send_message(request: web.Request) -> web.Response:
     """Answers an empty 200: the message itself is the `chat:create` push."""
     st, p = standin_of(request), principal(request)
     async with st.lock:
         t = services.get_ticket(st.world, p.tenantId, request.match_info["ticketId"])
-        data, files = await _read_send_form(st, request, "medias")
+        data, files = await read_send_form(st, request, "medias")
         emits: list[services.Emit] = []
         if files:
             for name, ctype in files:
                 _, e = services.send_message(st.world, p.tenantId, t, body=data.get("body") or name.split("-", 1)[1],
-                                             user_id=p.id, media_type=_media_type(ctype),
+                                             user_id=p.id, media_type=media_type(ctype),
                                              media_url=f"{st.backend_url}/public/{name}")
                 emits += e
         else:
@@ -306,7 +246,12 @@ async def forward_messages(request: web.Request) -> web.Response:
 
 
 async def public_file(request: web.Request) -> web.Response:
-    ctype, content = standin_of(request).media.get(request.match_info["name"], (None, None))
+    """An uploaded media; with private files on (`/__sim/settings {"privateFile": true}`) only
+    for a valid bearer, as newer builds serve them."""
+    st = standin_of(request)
+    if st.world.private_files:
+        principal(request)
+    ctype, content = st.media.get(request.match_info["name"], (None, None))
     if content is None:
         raise web.HTTPNotFound()
     return web.Response(body=content, content_type=ctype or "application/octet-stream")
@@ -392,8 +337,6 @@ async def list_api_configs(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    from whazing_standin import external
-
     r = app.router
     for path in ("/auth/login", "/auth/login/"):
         r.add_post(path, login)
@@ -431,4 +374,3 @@ def add_routes(app: web.Application) -> None:
         r.add_get(base, list_users)
     for base in ("/api-config", "/api-config/"):
         r.add_get(base, list_api_configs)
-    external.add_routes(app)

@@ -41,3 +41,22 @@ API_CHANNEL = CHANNEL_VENDAS
 API_TOKEN = jwt.encode(
     {"tenantId": TENANT_ID, "profile": "admin", "sessionId": API_CHANNEL}, API_SECRET, algorithm="HS256"
 )
+
+# The tenant settings the real backend seeds (`GET /settings/`); the SPA reads `.value` of each,
+# so every key must be there. `ReopenTicket` follows the world's `reopen_ticket` flag.
+SETTINGS = (
+    ("userCreation", "disabled"), ("NotViewTicketsQueueUndefined", "disabled"),
+    ("NotViewTicketsChatBot", "disabled"), ("NotViewAssignedTickets", "disabled"),
+    ("DirectTicketsToWallets", "disabled"), ("ignoreGroupMsg", "disabled"), ("rejectCalls", "disabled"),
+    ("callRejectMessage", "As chamadas de voz e vídeo estão desabilitadas para esse WhatsApp."),
+    ("botTicketActive", "disabled"), ("CheckMsgIsGroup", "enabled"), ("autoClose", "disabled"),
+    ("autoCloseTime", "0"), ("autoPending", "disabled"), ("autoPendingTime", "0"),
+    ("TicketsLimitOpen", "0"), ("TicketsLimitPending", "0"), ("TicketsLimitClosed", "0"),
+    ("ReopenTicket", "disabled"), ("spyticket", "disabled"), ("hidetab", "disabled"),
+    ("groupnotification", "disabled"),
+)
+# `GET /settingsgeneral/` and `GET /public-settings/<key>` (the login page reads these three).
+GENERAL_SETTINGS = (("allowSignup", "disabled"), ("habilitasmtp", "disabled"), ("whatsappnumber", ""))
+TITLE = "Whazing"
+# The plan's due date is this many days after start: the router guard sends an expired tenant to billing.
+PLAN_DAYS = 365

@@ -98,7 +98,7 @@ def create_or_update_contact(w: World, tenant_id: int, number: str, name: str | 
         _touch(c)
     else:
         return c, []
-    return c, [emit(tenant_id, "contact:update", contact_json(c))]
+    return c, [emit(tenant_id, "contact:update", contact_json(c) or {})]
 
 
 def update_contact(w: World, tenant_id: int, contact_id: int, data: dict[str, Any]) -> tuple[Contact, list[Emit]]:
@@ -109,7 +109,7 @@ def update_contact(w: World, tenant_id: int, contact_id: int, data: dict[str, An
         if key in data and data[key] is not None:
             setattr(c, key, str(data[key]))
     _touch(c)
-    return c, [emit(tenant_id, "contact:update", contact_json(c))]
+    return c, [emit(tenant_id, "contact:update", contact_json(c) or {})]
 
 
 def delete_contact(w: World, tenant_id: int, contact_id: int) -> list[Emit]:
@@ -117,19 +117,19 @@ def delete_contact(w: World, tenant_id: int, contact_id: int) -> list[Emit]:
     if c is None or c.tenantId != tenant_id:
         raise ServiceError("ERR_NO_CONTACT_FOUND", 404)
     del w.contacts[contact_id]
-    return [emit(tenant_id, "contact:delete", contact_json(c))]
+    return [emit(tenant_id, "contact:delete", contact_json(c) or {})]
 
 
 # ---- messages --------------------------------------------------------------------------------
 
 def _add_message(w: World, t: Ticket, *, body: str, from_me: bool, contact_id: int, media_type: str,
                  media_url: str | None, status: str, send_type: str | None, user_id: int | None,
-                 contact_message_id: int | None = None, message_id: str | None = None) -> Message:
+                 message_id: str | None = None) -> Message:
     # WhatsApp's message time is in seconds (the native webhook's `timestamp`: 1735689600);
     # the ticket's lastMessageAt is JavaScript's Date.now(), in milliseconds.
     m = Message(message_id or w.new_message_id(), t.id, contact_id, t.tenantId, body, from_me, now_ms() // 1000,
                 mediaType=media_type, mediaUrl=media_url, status=status, sendType=send_type,
-                userId=user_id, contactMessageId=contact_message_id, read=from_me)
+                userId=user_id, read=from_me)
     w.messages[m.id] = m
     t.lastMessage = body
     t.lastMessageAt = now_ms()
@@ -183,9 +183,10 @@ def inbound_message(w: World, tenant_id: int, whatsapp_id: int, number: str, bod
         owner, e = create_or_update_contact(w, tenant_id, group_number, group_name, is_group=True)
         emits += e
     t, info = find_or_create_ticket(w, tenant_id, owner, whatsapp_id)
-    m = _add_message(w, t, body=body, from_me=from_me, contact_id=owner.id, media_type=media_type,
+    # The Message's own contact is who wrote it (in a group: the member); the ticket's is the group.
+    m = _add_message(w, t, body=body, from_me=from_me, contact_id=sender.id, media_type=media_type,
                      media_url=media_url, status="received", send_type=None, user_id=None,
-                     contact_message_id=sender.id if group_number else None, message_id=message_id)
+                     message_id=message_id)
     virtual = {"isCreated": True} if info["isCreated"] else {}
     emits.append(emit(tenant_id, "ticket:update", ticket_json(w, t, **virtual)))
     emits.append(emit(tenant_id, "chat:create", message_json(w, m)))

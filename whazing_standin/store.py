@@ -35,6 +35,7 @@ class User:
     queues: tuple[int, ...] = ()
     tokenVersion: int = 0
     isOnline: bool = False
+    configs: dict[str, Any] = field(default_factory=dict)  # the SPA's per-user UI preferences
 
 
 @dataclass
@@ -117,7 +118,6 @@ class Message:
     edited: bool = False
     reactions: list[Any] = field(default_factory=list)
     quotedMsgId: str | None = None
-    contactMessageId: int | None = None  # the real sender inside a group
     createdAt: str = field(default_factory=iso_now)
     updatedAt: str = field(default_factory=iso_now)
 
@@ -155,6 +155,9 @@ class World:
     api_configs: dict[str, ApiConfig] = field(default_factory=dict)
     logs: list[LogTicket] = field(default_factory=list)
     reopen_ticket: bool = False
+    private_files: bool = False  # media under /public/ only with a valid bearer (newer builds' privateFile)
+    settings: dict[str, str] = field(default_factory=lambda: dict(seed.SETTINGS))
+    general_settings: dict[str, str] = field(default_factory=lambda: dict(seed.GENERAL_SETTINGS))
     next_contact: int = 1
     next_ticket: int = 1
     next_message: int = 1
@@ -254,7 +257,8 @@ def ticket_json(w: World, t: Ticket, **virtual: Any) -> dict[str, Any]:
 
 
 def message_json(w: World, m: Message) -> dict[str, Any]:
-    """A Message with `ticket` (and its contact), `contact`, `contactmessage`, `user` loaded."""
+    """A Message with `ticket` (and its contact), `contact` (who wrote it: in a group, the member;
+    the ticket's contact is the group) and `user` loaded."""
     t = w.tickets[m.ticketId]
     return {
         "id": m.id, "messageId": m.id, "ack": m.ack, "status": m.status, "read": m.read,
@@ -273,7 +277,6 @@ def message_json(w: World, m: Message) -> dict[str, Any]:
             "whatsapp": whatsapp_json(w.whatsapps.get(t.whatsappId)),
         },
         "contact": contact_json(w.contacts.get(m.contactId)),
-        "contactmessage": contact_json(w.contacts.get(m.contactMessageId)) if m.contactMessageId else None,
         "user": user_json(w.users.get(m.userId)) if m.userId else None,
         "quotedMsg": None,
     }

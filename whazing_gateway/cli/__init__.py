@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = dl_sub.add_parser("show", help="one delivery with every attempt")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
+    test = dl_sub.add_parser("test", help="queue Whazing's test body for TARGET (signed, sent by the worker)")
+    test.add_argument("target", help="a target name of the rules")
+    test.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                      help="wait up to SECONDS for the outcome (exit 1 unless delivered)")
+    test.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="stand-in Whazing + gateway + a printing receiver + the scenario")
     demo.add_argument("--port", type=int, default=8080, help="gateway listen port")

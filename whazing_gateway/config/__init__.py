@@ -400,6 +400,8 @@ class Settings:
     delivery_worker: str = "process"  # "process": the sender runs in a child process; "inline": in the proxy
     retry_schedule: tuple[float, ...] = model.DEFAULT_RETRY_SCHEDULE
     default_timeout_ms: int = 10_000
+    media_max_bytes: int = 5 * 1024 * 1024  # media in base64: larger media are left out, with a note
+    media_timeout_s: float = 10.0
 
 
 LOG_FORMATS = ("auto", "json", "console")
@@ -555,6 +557,11 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
     delivery_worker = _choice(delivery, "worker", WORKERS, d.delivery_worker)
     delivery.done()
 
+    media = top.sub("media")
+    media_max_bytes = _positive(media, "max_bytes", "size", d.media_max_bytes)
+    media_timeout_s = _positive(media, "timeout", "duration", d.media_timeout_s, minimum=0.1)
+    media.done()
+
     top.done()
     issues.sort(key=lambda i: i.line)
     settings = Settings(
@@ -587,6 +594,8 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         delivery_worker=delivery_worker,
         retry_schedule=retry_schedule,
         default_timeout_ms=default_timeout_ms,
+        media_max_bytes=media_max_bytes,
+        media_timeout_s=media_timeout_s,
     )
     return settings, issues
 
@@ -779,6 +788,7 @@ def _rule(sec: _Section, kind: str, path: Path, index: int) -> _Draft:
     pending = sec.get("pending", "bool", True)
     groups = sec.get("groups", "bool", False)
     start_on_transfer = sec.get("start_on_transfer", "bool", False) if kind == "queue" else False
+    media_base64 = sec.get("media_base64", "bool", False)
     match = _match(sec)
     sec.done()
     targets = tuple(dict.fromkeys(t for t, _, _ in target_refs))
@@ -786,10 +796,11 @@ def _rule(sec: _Section, kind: str, path: Path, index: int) -> _Draft:
     def build() -> Any:
         if kind == "channel":
             return ChannelRule(name=name, source=source, channels=selectors, targets=targets, events=events,
-                               enabled=enabled, open=open_, pending=pending, groups=groups, match=match)
+                               enabled=enabled, open=open_, pending=pending, groups=groups, match=match,
+                               media_base64=media_base64)
         return QueueRule(name=name, source=source, queues=selectors, targets=targets, events=events,
                          enabled=enabled, open=open_, pending=pending, groups=groups,
-                         start_on_transfer=start_on_transfer, match=match)
+                         start_on_transfer=start_on_transfer, match=match, media_base64=media_base64)
 
     return _Draft(build=build, kind=kind, target_refs=target_refs)
 

@@ -1,9 +1,11 @@
-"""`whazing-gateway deliveries list|show|retry|purge`: look into the outbox and replay from it.
+"""`whazing-gateway deliveries list|show|retry|purge|test`: look into the outbox and replay from it.
 
 Works on the outbox named by gateway.yaml (`--config`), or by the environment variable
 `WHAZING_GATEWAY_OUTBOX` (a sqlite file path, for scripts and tests). Safe to run while the
 gateway runs: SQLite in WAL mode lets it read, and its writes wait for the gateway's.
-`retry` also resumes a target paused by a `410 Gone`, so a replay reaches it.
+`retry` also resumes a target paused by a `410 Gone`, so a replay reaches it. `test TARGET`
+queues Whazing's "test" button body for one target, so the running gateway's worker sends it
+like any webhook (signed, with the target's headers) and `--wait` reports the outcome.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from whazing_gateway.outbox.base import DEAD, Attempt, Outbox, OutboxFilter, OutboxItem
+from whazing_gateway import model
+from whazing_gateway.outbox.base import DEAD, DELIVERED, Attempt, Outbox, OutboxFilter, OutboxItem
 
 ENV_OUTBOX = "WHAZING_GATEWAY_OUTBOX"
 
@@ -96,8 +99,71 @@ def _default_outbox(args: Any) -> Outbox:
     return open_outbox(load_settings(getattr(args, "config", "gateway.yaml")))
 
 
+TEST_EVENT_TYPE = "test"
+
+
+def test_delivery(target: str, now: float | None = None) -> model.Delivery:
+    """Whazing's test body for `target`, as one delivery (its own id on every call)."""
+    from whazing_gateway.route.payloads import test_body
+
+    at = time.time() if now is None else now
+    return model.Delivery(id=model.stable_id("msg", "test", target, time.time_ns(), os.getpid()), target=target,
+                          event_id=model.stable_id("evt", "test", target, at), event_type=TEST_EVENT_TYPE,
+                          order_key=None, body=test_body(at), created_at=at)
+
+
+test_delivery.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported
+
+
+def known_targets(args: Any) -> list[str] | None:
+    """Target names of the config's rules folder; None when there is no config to read."""
+    config = getattr(args, "config", None)
+    if os.environ.get(ENV_OUTBOX) and (not config or not os.path.exists(config)):
+        return None
+    from whazing_gateway.config import load_rules, load_settings
+
+    settings = load_settings(config or "gateway.yaml")
+    return sorted(load_rules(settings.rules_dir, settings).targets)
+
+
+async def _send_test(args: Any, outbox: Outbox, out) -> int:
+    names = getattr(args, "known_targets", None)
+    if names is not None and args.target not in names:
+        sys.stderr.write(f"unknown target '{args.target}' (targets: {', '.join(names) or 'none'})\n")
+        return 1
+    delivery = test_delivery(args.target)
+    await outbox.put([delivery])
+    result: dict[str, Any] = {"id": delivery.id, "target": delivery.target, "status": "pending"}
+    if not args.json:
+        out.write(f"{delivery.id} queued for {delivery.target}\n")
+    deadline = time.monotonic() + max(args.wait or 0, 0)
+    item = None
+    while args.wait:
+        found = await outbox.get(delivery.id)
+        item = found[0] if found else None
+        if (item is not None and item.status != "pending") or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    if item is not None:
+        result.update(status=item.status, attempts=item.attempts, last_status=item.last_status,
+                      last_error=item.last_error)
+    if args.json:
+        out.write(json.dumps(result) + "\n")
+    elif args.wait:
+        detail = f"HTTP {item.last_status}" if item is not None and item.last_status else ""
+        if item is not None and item.last_error:
+            detail = f"{detail} {item.last_error}".strip()
+        out.write(f"{result['status']}{' after ' + str(result.get('attempts', 0)) + ' attempt(s)' if item else ''}"
+                  f"{': ' + detail if detail else ''}\n")
+    if not args.wait:
+        return 0
+    return 0 if result["status"] == DELIVERED else 1
+
+
 async def _run(args: Any, outbox: Outbox, out) -> int:
     action = args.action
+    if action == "test":
+        return await _send_test(args, outbox, out)
     if action == "show":
         found = await outbox.get(args.id)
         if found is None:
@@ -160,6 +226,12 @@ def _fields(flt: OutboxFilter) -> dict[str, Any]:
 def deliveries_command(args: Any, outbox_factory: Callable[[Any], Outbox] | None = None, out=None) -> int:
     """Entry point of the CLI subcommand (argparse Namespace from whazing_gateway/cli/__init__.py)."""
     out = out if out is not None else sys.stdout
+    if args.action == "test" and not hasattr(args, "known_targets"):
+        try:
+            args.known_targets = known_targets(args)
+        except Exception as exc:
+            sys.stderr.write(f"cannot read the rules: {exc}\n")
+            return 1
     try:  # logs go to stderr so that --json output stays clean
         from whazing_gateway.ops.logs import configure_logging
 

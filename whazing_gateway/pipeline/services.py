@@ -15,6 +15,7 @@ import structlog
 
 from whazing_gateway.config import Settings
 from whazing_gateway.config.reload import initial_rules, register_rule_secrets
+from whazing_gateway.deliver.media import MediaFetcher
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.pipeline.core import Pipeline, Result
@@ -44,7 +45,7 @@ class Services:
 
         self.settings = settings
         self.state = make_state(settings)
-        self.router = Router(initial_rules(settings), self.state)
+        self.router = Router(initial_rules(settings), self.state, MediaFetcher.from_settings(settings))
         self.inferrer = Inferrer(self.state)
         self.outbox = open_outbox(settings)
         if settings.delivery_worker == "process" and settings.config_path is not None:

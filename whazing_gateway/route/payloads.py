@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from whazing_gateway import model
+from whazing_gateway.deliver.media import Media
 from whazing_gateway.route.rules import channel_of, message_ticket, ticket_contact
 
 FORMATS = ("whazing", "envelope")
@@ -72,13 +73,21 @@ def _whatsapp(event: model.Event) -> dict[str, Any]:
     return {"id": cid, "name": name}
 
 
-def _message_body_text(event: model.Event, ticket: Mapping[str, Any]) -> str:
-    """`messageBody` of a ticket webhook: the last message's text, else the ticket's lastMessage, else ''."""
+def _message_body_text(event: model.Event) -> str:
+    """`messageBody` of a ticket webhook, as Whazing fills it (notes, section 4).
+
+    `""` when an agent created the ticket; otherwise the ticket's own `lastMessage` as the push
+    carried it: the inbound text for NewTicket and for a reopen by a new message, and for
+    transfers and closes the last message whoever sent it (agent, bot, system notice). Only a
+    ticket object without `lastMessage` (older builds) falls back to the last received message.
+    """
+    if event.type == model.TICKET_CREATED and event.origin == model.ORIGIN_AGENT:
+        return ""
+    last = (event.ticket or {}).get("lastMessage")
+    if isinstance(last, str):
+        return last
     body = _m(event.message).get("body")
-    if isinstance(body, str):
-        return body
-    last = ticket.get("lastMessage")
-    return last if isinstance(last, str) else ""
+    return body if isinstance(body, str) else ""
 
 
 def ticket_type(event: model.Event) -> str:
@@ -91,7 +100,7 @@ def whazing_ticket_body(event: model.Event) -> dict[str, Any]:
     t = _ticket_view(event)
     return {
         "Type": ticket_type(event),
-        "messageBody": _message_body_text(event, t),
+        "messageBody": _message_body_text(event),
         "ticket": {k: t.get(k) for k in ("id", "status", "protocol", "queueId", "userId", "apiConfig",
                                          "closingReasonId")},
         "contact": contact_body(ticket_contact(event), t.get("contactId")),
@@ -109,7 +118,9 @@ def _user(msg: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def whazing_message_body(event: model.Event) -> dict[str, Any]:
+def whazing_message_body(event: model.Event, media: Media | None = None) -> dict[str, Any]:
+    """A native message body. `media` is given when the rule asked for media in base64: its
+    base64 fills `mediaBase64`; when it was left out, `mediaBase64Note` (last key) says why."""
     msg = _m(event.message)
     t = _ticket_view(event)
     contact = ticket_contact(event)
@@ -126,7 +137,7 @@ def whazing_message_body(event: model.Event) -> dict[str, Any]:
         "fromMe": msg.get("fromMe", event.type == model.MESSAGE_SENT),
         "mediaType": msg.get("mediaType"),
         "mediaUrl": msg.get("mediaUrl"),
-        "mediaBase64": None,
+        "mediaBase64": media.base64 if media is not None else None,
         "isDeleted": msg.get("isDeleted"),
         "sendType": msg.get("sendType"),
         "edited": msg.get("edited"),
@@ -137,16 +148,21 @@ def whazing_message_body(event: model.Event) -> dict[str, Any]:
         "contactmessage": contactmessage,
         "user": _user(msg),
         "whatsapp": _whatsapp(event),
-    }
+    } | _media_note(media)
 
 
-def whazing_body(event: model.Event) -> dict[str, Any]:
+def _media_note(media: Media | None) -> dict[str, Any]:
+    return {"mediaBase64Note": media.note} if media is not None and media.note else {}
+
+
+def whazing_body(event: model.Event, media: Media | None = None) -> dict[str, Any]:
     if event.type in model.MESSAGE_EVENTS:
-        return whazing_message_body(event)
+        return whazing_message_body(event, media)
     return whazing_ticket_body(event)
 
 
-def envelope_body(event: model.Event) -> dict[str, Any]:
+def envelope_body(event: model.Event, media: Media | None = None) -> dict[str, Any]:
+    data_media = {"mediaBase64": media.base64} | _media_note(media) if media is not None else {}
     return {
         "type": event.type,
         "id": event.id,
@@ -157,16 +173,18 @@ def envelope_body(event: model.Event) -> dict[str, Any]:
             "message": dict(event.message) if event.message is not None else None,
             "changes": {k: {"from": v[0], "to": v[1]} for k, v in (event.changes or {}).items()},
             "origin": event.origin,
+            **data_media,
         },
     }
 
 
-def render(event: model.Event, fmt: str = "whazing") -> bytes:
-    """The body of one webhook for a target of format `fmt`: compact JSON, UTF-8."""
+def render(event: model.Event, fmt: str = "whazing", media: Media | None = None) -> bytes:
+    """The body of one webhook for a target of format `fmt`: compact JSON, UTF-8. `media`: the
+    message's media for a rule with media in base64 (None: the rule did not ask)."""
     if fmt == "whazing":
-        return _dumps(whazing_body(event))
+        return _dumps(whazing_body(event, media))
     if fmt == "envelope":
-        return _dumps(envelope_body(event))
+        return _dumps(envelope_body(event, media))
     raise ValueError(f"unknown payload format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
@@ -175,4 +193,4 @@ def test_body(ts: float | None = None) -> bytes:
     return _dumps({"event": "test", "origin": "webhook-config", "timestamp": iso_utc(time.time() if ts is None else ts)})
 
 
-test_body.__test__ = False  # not a pytest test when imported into one
+test_body.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one

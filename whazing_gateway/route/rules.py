@@ -194,6 +194,7 @@ class ChannelRule:
     pending: bool = True
     groups: bool = False
     match: Match = field(default_factory=Match)
+    media_base64: bool = False  # "media in base64": message bodies carry the media's bytes
 
     def accepts(self, event: model.Event) -> bool:
         if not self.enabled or event.type not in self.events:
@@ -222,6 +223,7 @@ class QueueRule:
     groups: bool = False
     start_on_transfer: bool = False
     match: Match = field(default_factory=Match)
+    media_base64: bool = False  # "media in base64": message bodies carry the media's bytes
 
     def selects_queue(self, queue_id: Any, queue_name: Any) -> bool:
         return self.enabled and queue_id is not None and _selects(self.queues, queue_id, queue_name)
