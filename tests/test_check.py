@@ -132,3 +132,56 @@ def test_single_mistakes(tmp_path, text, message):
     finally:
         os.chdir(old)
     assert [str(i).removeprefix("rules/") for i in issues] == [message]
+
+
+# The mistakes listed in issue 11, as `check` reports them (pinned before the loader rewrite).
+_TARGETS = "targets:\n  - name: n8n\n    url: http://127.0.0.1:5678/w\n"
+ISSUE_CASES = {
+    "port dedented to the top level": (
+        "listen:\n  host: 0.0.0.0\nport: 8080\n", {},
+        ["gateway.yaml:3: unknown key 'port' in gateway.yaml"]),
+    "key over-indented in gateway.yaml": (
+        "listen:\n  host: 0.0.0.0\n    port: 8080\n", {},
+        ["gateway.yaml:3: YAML syntax error: mapping values are not allowed here"]),
+    "tab in gateway.yaml": (
+        "listen:\n\tport: 8080\n", {},
+        ["gateway.yaml:2: YAML syntax error: found character '\\t' that cannot start any token"]),
+    "rule key over-indented": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n    targets: n8n\n     events: all\n"},
+        ["rules/20-c.yaml:4: YAML syntax error: mapping values are not allowed here"]),
+    "rule key under-indented": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n    targets: n8n\n   events: all\n"},
+        ["rules/20-c.yaml:4: YAML syntax error: expected <block end>, but found '<block mapping start>'"]),
+    "rule keys not under the dash": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n  targets: n8n\n  events: all\n"},
+        ["rules/20-c.yaml:3: YAML syntax error: expected <block end>, but found '?'"]),
+    "target key dedented to the list": (
+        "", {"15-t.yaml": "targets:\n  - name: a\n    url: http://x\n  headers:\n    X: y\n"},
+        ["rules/15-t.yaml:4: YAML syntax error: expected <block end>, but found '?'"]),
+    "match key not indented under match": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n    targets: n8n\n    events: all\n    match:\n    text: hi\n"},
+        ["rules/20-c.yaml:6: unknown key 'text' in channel rule"]),
+    "tab in a targets file": (
+        "", {"10-targets.yaml": "targets:\n  - name: n8n\n\turl: http://127.0.0.1:5678/w\n",
+             **{f"2{i}-c.yaml": f"channels:\n  - channel: {i}\n    targets: n8n\n    events: all\n" for i in (2, 3, 4)},
+             "30-q.yaml": "queues:\n  - queue: 1\n    targets: [n8n]\n"},
+        ["rules/10-targets.yaml:3: YAML syntax error: found character '\\t' that cannot start any token",
+         "rules/22-c.yaml:3: unknown target 'n8n'",
+         "rules/23-c.yaml:3: unknown target 'n8n'",
+         "rules/24-c.yaml:3: unknown target 'n8n'",
+         "rules/30-q.yaml:3: unknown target 'n8n'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ISSUE_CASES))
+def test_issue_mistakes(tmp_path, case):
+    gateway, files, expected = ISSUE_CASES[case]
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "gateway.yaml").write_text(gateway)
+    (tmp_path / "rules" / "10-targets.yaml").write_text(_TARGETS)
+    for name, text in files.items():
+        (tmp_path / "rules" / name).write_text(text)
+    proc = _check(tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    n = len(expected)
+    assert proc.stdout.splitlines() == expected + [f"{n} error{'s' if n != 1 else ''}"]
