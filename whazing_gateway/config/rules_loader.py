@@ -123,7 +123,7 @@ def _header(value: Any) -> str:
     raise fail(f"header {{key}} must be a string, got {describe(value)}")
 
 
-TargetName = Annotated[Str, AfterValidator(_target_name), Field(pattern=TARGET_NAME)]
+TargetName = Annotated[Str, AfterValidator(_target_name), WithJsonSchema({"type": "string", "pattern": TARGET_NAME})]
 Secret = Annotated[Str, AfterValidator(_secret)]
 HeaderValue = Annotated[Any, AfterValidator(_header), WithJsonSchema({"type": ["string", "number", "boolean"]})]
 
