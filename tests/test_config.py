@@ -275,3 +275,17 @@ async def test_plain_mitmdump_mode_and_port_are_what_the_gateway_uses(tmp_path):
     finally:
         await gw.stop()
         await runner.cleanup()
+
+
+def test_env_references_in_rules_are_typed_after_expansion(tmp_path):
+    """`channel: ${CH:-1}` is the channel id 1 (not a channel named "1"); numbers stay numbers."""
+    write(tmp_path / "rules" / "r.yaml", """
+targets:
+  - {name: t, url: "${URL:-http://x}", concurrency: "${C:-2}", rate_per_s: "${R:-0.5}", headers: {X-On: "${ON:-true}"}}
+channels:
+  - {channel: ["${CH:-1}", Vendas], targets: t, events: "${EV:-all}", groups: "${G:-true}"}
+""")
+    rules = load_rules(tmp_path / "rules", env={"C": "3"})
+    t, [ch] = rules.targets["t"], rules.channel_rules
+    assert (t.url, t.concurrency, t.rate_per_s, t.headers) == ("http://x", 3, 0.5, {"X-On": "true"})
+    assert ch.channels == (1, "Vendas") and ch.groups is True and ch.events == frozenset(model.EVENT_TYPES)

@@ -32,6 +32,7 @@ from whazing_gateway.config.values import (
     Schedule,
     Str,
     fail,
+    from_env,
 )
 from whazing_gateway.config.yaml_lines import LDict, LList, Unreadable, load_yaml
 from whazing_gateway.deliver.signing import secret_key
@@ -83,9 +84,9 @@ def _selector(value: Any) -> Any:
     return str(value) if isinstance(value, str) else value
 
 
-Selector = Annotated[Any, AfterValidator(_selector),
+Selector = Annotated[Any, BeforeValidator(from_env), AfterValidator(_selector),
                      WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]})]
-Plain = Annotated[Any, AfterValidator(lambda v: _selector(v) if not isinstance(v, (int, str)) else v),
+Plain = Annotated[Any, BeforeValidator(from_env), AfterValidator(lambda v: v if isinstance(v, (int, str)) else _selector(v)),
                   WithJsonSchema({"type": ["integer", "string"]})]
 
 

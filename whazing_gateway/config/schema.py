@@ -28,7 +28,8 @@ def _any_string(node: dict) -> bool:
 
 
 def _structure(node: dict) -> bool:
-    types = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+    kind = node.get("type")
+    types: list = kind if isinstance(kind, list) else [kind]
     return "$ref" in node or "object" in types or "array" in types
 
 

@@ -14,7 +14,7 @@ from collections import deque
 import structlog
 from mitmproxy import ctx, exceptions, hooks
 
-from whazing_gateway.config import ConfigError, load_settings
+from whazing_gateway.config import ConfigError, Settings, load_settings
 from whazing_gateway.config import running as running_values
 from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
@@ -165,7 +165,7 @@ class Gateway:
     """Taps the traffic and owns the gateway's services for the life of the proxy."""
 
     def __init__(self) -> None:
-        self.file_settings = None
+        self.file_settings: Settings | None = None  # gateway.yaml as read; self.settings: in force
         self.settings = None
         self.services = None
         self.notes = FlowNotes()

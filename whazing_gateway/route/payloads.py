@@ -16,7 +16,7 @@ from typing import Any
 from whazing_gateway import model
 from whazing_gateway.route.rules import channel_of, message_ticket, ticket_contact
 
-FORMATS = ("whazing", "envelope")
+FORMATS = model.FORMATS  # declared once, as model.Format
 
 # `Type` of the native ticket webhooks; the last two are ours (Whazing has no such events).
 TICKET_TYPE_NAMES = {
