@@ -166,7 +166,7 @@ class Gateway:
 
     def __init__(self) -> None:
         self.file_settings: Settings | None = None  # gateway.yaml as read; self.settings: in force
-        self.settings = None
+        self.settings: Settings | None = None
         self.services = None
         self.notes = FlowNotes()
         self.annotate = True
