@@ -191,6 +191,33 @@ ISSUE_CASES = {
 }
 
 
+# More of the same family, added with the rewrite.
+ISSUE_CASES.update({
+    "list item misaligned": (
+        "", {"15-t.yaml": "targets:\n- name: a\n  url: http://x\n - name: b\n   url: http://y\n"},
+        ["rules/15-t.yaml:4: YAML syntax error: bad indentation: this list item is indented by 1 space, the one on "
+         "line 2 by 0; items of one list must line up: indent it by 0 spaces"]),
+    "no space after the dash (reported on its own line, not the next)": (
+        "", {"20-c.yaml": "channels:\n  -channel: 1\n   targets: n8n\n"},
+        ["rules/20-c.yaml:2: YAML syntax error: '-channel' needs a space after the dash to start a list item: "
+         "write '- channel'"]),
+    "header not indented under an empty headers": (
+        "", {"15-t.yaml": "targets:\n  - name: a\n    url: http://x\n    headers:\n    X-A: b\n"},
+        ["rules/15-t.yaml:5: unknown key 'X-A' in target: it belongs under 'headers', indent it below 'headers:'"]),
+    "a tab in a targets file does not hide a typo elsewhere": (
+        "", {"10-targets.yaml": "targets:\n  - name: n8n\n\turl: http://127.0.0.1:5678/w\n",
+             "20-c.yaml": "channels:\n  - channel: 1\n    targets: [n8n, n8m]\n    events: all\n"},
+        ["rules/10-targets.yaml:3: " + _TAB, "rules/20-c.yaml:3: unknown target 'n8m', did you mean 'n8n'?"]),
+    "metrics port dedented": (
+        "listen:\n  port: 8080\nmetrics:\n  host: 127.0.0.1\nport: 9191\n", {},
+        ["gateway.yaml:5: unknown key 'port' in gateway.yaml: it belongs under 'metrics', indent it below 'metrics:'"]),
+    "key at the top level with no section above": (
+        "port: 9191\n", {},
+        ["gateway.yaml:1: unknown key 'port' in gateway.yaml: it belongs in a section ('listen' or 'metrics' or "
+         "'web'), indented below it"]),
+})
+
+
 @pytest.mark.parametrize("case", list(ISSUE_CASES))
 def test_issue_mistakes(tmp_path, case):
     gateway, files, expected = ISSUE_CASES[case]

@@ -22,7 +22,7 @@ from whazing_gateway import model
 from whazing_gateway.config.env import expand_tree
 from whazing_gateway.config.errors import ConfigError, Issue, describe, did_you_mean
 from whazing_gateway.config.settings import Settings
-from whazing_gateway.config.validation import Loc, Shape, issues_from, keys_of, model_at
+from whazing_gateway.config.validation import Loc, Shape, free_mapping, issues_from, keys_of, model_at
 from whazing_gateway.config.values import (
     Bool,
     HttpUrl,
@@ -257,13 +257,15 @@ def _where(loc: Loc) -> str:
     return " ".join([name, *rest])
 
 
-def _sections(loc: Loc) -> dict[str, list[str]]:
+def _sections(loc: Loc) -> dict[str, list[str] | None]:
     here = model_at(RulesFile, loc)
-    out: dict[str, list[str]] = {}
-    for key in keys_of(here) if here else []:
-        sub = model_at(RulesFile, (*loc, key))
+    out: dict[str, list[str] | None] = {}
+    for name, field in here.model_fields.items() if here else []:
+        sub = model_at(RulesFile, (*loc, name))
         if sub is not None:
-            out[key] = keys_of(sub)
+            out[name] = keys_of(sub)
+        elif free_mapping(field.annotation):
+            out[name] = None
     return out
 
 
@@ -352,7 +354,7 @@ def read_rules(rules_dir: str | os.PathLike, settings: Settings | None = None,
             rules.append(_build_queue_rule(queue_spec, f"{path}:{line}", f"{path.name}:{line}"))
     for name, file, line in refs:
         if name not in defined and name not in maybe_defined:
-            issues.append(Issue(file, line, f"unknown target '{name}'" + did_you_mean(name, list(defined))))
+            issues.append(Issue(file, line, f"unknown target '{name}'" + did_you_mean(name, [*defined, *maybe_defined])))
     order = {str(p): i for i, p in enumerate(files)}
     issues.sort(key=lambda i: (order.get(i.file, -1), i.line))
     return RuleSet(targets=dict(targets),

@@ -172,7 +172,8 @@ def _flatten(data: Any, file: str, issues: list[Issue]) -> LDict:
     def walk(mapping: LDict, prefix: str) -> None:
         where = prefix.rstrip(".") or "gateway.yaml"
         known = _children(prefix)
-        sections = {k: _children(f"{prefix}{k}.") for k in known if _is_section(prefix + k)}
+        sections: dict[str, list[str] | None] = {k: _children(f"{prefix}{k}.") for k in known
+                                                 if _is_section(prefix + k)}
         for key, value in mapping.items():
             path, line = f"{prefix}{key}", mapping.line_of(key)
             if path in FIELDS:

@@ -85,16 +85,32 @@ def model_at(root: type[pydantic.BaseModel], loc: Loc) -> type[pydantic.BaseMode
     return model
 
 
-def belongs_under(key: str, mapping: Any, sections: dict[str, list[str]]) -> str:
-    """The hint for a key one indentation level too far left: the section above it takes it."""
+def free_mapping(annotation: Any) -> bool:
+    """Whether a field takes a mapping of any keys (`headers`)."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return True
+    if origin in (typing.Annotated, typing.Union, types.UnionType):
+        return any(free_mapping(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def belongs_under(key: str, mapping: Any, sections: dict[str, list[str] | None]) -> str:
+    """The hint for a key one indentation level too far left: the section above it takes it.
+
+    `sections` maps each key that is a section to the keys it takes (None: any key, as
+    `headers`; then only an empty section right above counts)."""
     if not isinstance(mapping, LDict):
         return ""
     line = mapping.line_of(key)
     above = [k for k in mapping if mapping.line_of(k) < line and k in sections]
     above.sort(key=mapping.line_of)
-    if above and key in sections[above[-1]]:
-        return f": it belongs under '{above[-1]}', indent it below '{above[-1]}:'"
-    homes = [name for name, keys in sections.items() if key in keys]
+    if above:
+        last = above[-1]
+        takes = sections[last]
+        if (key in takes) if takes is not None else mapping[last] is None:
+            return f": it belongs under '{last}', indent it below '{last}:'"
+    homes = [name for name, keys in sections.items() if keys is not None and key in keys]
     if homes:
         return f": it belongs in a section ({' or '.join(repr(h) for h in homes)}), indented below it"
     return ""
@@ -106,7 +122,7 @@ class Shape:
 
     where: Callable[[Loc], str]  # the name of the mapping at a location ("channel rule match")
     keys: Callable[[Loc], list[str]]  # the keys it takes
-    sections: Callable[[Loc], dict[str, list[str]]]  # its keys that are sections, with their keys
+    sections: Callable[[Loc], dict[str, list[str] | None]]  # its keys that are sections, with their keys
     key_name: Callable[[Any], str] = str  # a loc part as the user wrote it
 
 

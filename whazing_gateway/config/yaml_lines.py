@@ -136,8 +136,48 @@ def _previous_key(lines: list[str], index: int) -> tuple[int, int, str] | None:
     return None
 
 
+def _dash_at(line: str) -> int | None:
+    """The column of a list item's dash (`  - x`), or None."""
+    m = re.match(r"^( *)-(?:\s|$)", line)
+    return len(m.group(1)) if m else None
+
+
+def _previous_dash(lines: list[str], index: int) -> tuple[int, int] | None:
+    """(line number, column) of the nearest list item above `index` (0-based)."""
+    for i in range(index - 1, -1, -1):
+        column = _dash_at(lines[i])
+        if column is not None:
+            return i + 1, column
+    return None
+
+
 def _spaces(n: int) -> str:
     return f"{n} space{'s' if n != 1 else ''}"
+
+
+def _explain_indentation(lines: list[str], line: int) -> tuple[int, str] | None:
+    """(line, message) for a line that does not line up with the list or mapping above it."""
+    here = lines[line - 1] if 0 < line <= len(lines) else ""
+    dash = _dash_at(here)
+    item = _previous_dash(lines, line - 1) if dash is not None else None
+    if dash is not None and item is not None and item[1] != dash:
+        return line, (f"YAML syntax error: bad indentation: this list item is indented by {_spaces(dash)}, the one "
+                      f"on line {item[0]} by {item[1]}; items of one list must line up: indent it by "
+                      f"{_spaces(item[1])}")
+    got = _key_at(here)
+    above = _previous_key(lines, line - 1) if got else None
+    if got is None or above is None:
+        return None
+    (column, key), (above_line, above_column, above_key) = got, above
+    if re.match(r"-[^\s-]", above_key):
+        return above_line, (f"YAML syntax error: '{above_key}' needs a space after the dash to start a list "
+                            f"item: write '- {above_key[1:]}'")
+    if column == above_column:
+        return None
+    return line, (f"YAML syntax error: bad indentation: '{key}' is indented by {_spaces(column)}, "
+                  f"'{above_key}' on line {above_line} by {above_column}; keys of one mapping must line up: "
+                  f"indent '{key}' by {_spaces(above_column)} like '{above_key}', or line it up with "
+                  f"the section it belongs to")
 
 
 def explain_syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, str]:
@@ -150,17 +190,10 @@ def explain_syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, str
     if "'\\t'" in problem or ("\t" in here[: len(here) - len(here.lstrip())]):
         return line, ("YAML syntax error: a tab character indents this line; YAML indents with spaces only: "
                       "replace the tab with spaces")
-    indentation = ("mapping values are not allowed here" in problem
-                   or "expected <block end>" in problem)
-    got = _key_at(here) if indentation else None
-    above = _previous_key(lines, line - 1) if got else None
-    if got and above and got[0] != above[1]:
-        column, key = got
-        above_line, above_column, above_key = above
-        return line, (f"YAML syntax error: bad indentation: '{key}' is indented by {_spaces(column)}, "
-                      f"'{above_key}' on line {above_line} by {above_column}; keys of one mapping must line up: "
-                      f"indent '{key}' by {_spaces(above_column)} like '{above_key}', or line it up with "
-                      f"the section it belongs to")
+    if "mapping values are not allowed here" in problem or "expected <block end>" in problem:
+        explained = _explain_indentation(lines, line)
+        if explained is not None:
+            return explained
     message = f"YAML syntax error: {problem}"
     opened = exc.context_mark.line + 1 if exc.context_mark is not None else line
     what = next((w for c, w in (("flow", "bracket"), ("quoted", "quote")) if c in (exc.context or "")), None)
