@@ -27,6 +27,7 @@ from whazing_gateway.config.values import (
     Bool,
     HttpUrl,
     OneOrMany,
+    OptionalStr,
     PositiveFloat,
     PositiveInt,
     Schedule,
@@ -129,10 +130,6 @@ Secret = Annotated[Str, AfterValidator(_secret)]
 HeaderValue = Annotated[Any, AfterValidator(_header), WithJsonSchema({"type": ["string", "number", "boolean"]})]
 
 
-def _none_if_empty(value: Any) -> Any:
-    return None if value == "" else value
-
-
 class _Spec(pydantic.BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -151,7 +148,7 @@ class TargetSpec(_Spec):
 
     name: TargetName = Field(description="The name rules use; letters, digits, _ . -")
     url: HttpUrl = Field(description="The webhook URL (http or https).")
-    api_key: Annotated[Str | None, BeforeValidator(_none_if_empty)] = Field(
+    api_key: OptionalStr = Field(
         None, description="Sent as X-N8N-API-KEY, like Whazing's token; use ${VAR}.")
     secrets: OneOrMany[Secret] = Field(
         default_factory=list, description="Standard Webhooks signing secrets (whsec_...); several during rotation.")

@@ -9,7 +9,6 @@ the folder of gateway.yaml, so `run` works from anywhere.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from whazing_gateway.config.values import (
     HttpUrl,
     NonNegativeInt,
     OptionalRedisUrl,
+    OptionalStr,
     PortOrOff,
     Port,
     PositiveInt,
@@ -55,13 +55,6 @@ def _path(value: Any) -> Any:
 
 
 PathValue = Annotated[Path, BeforeValidator(_path), pydantic.WithJsonSchema({"type": "string"})]
-
-
-def _none_if_empty(value: Any) -> Any:
-    return None if value == "" else value
-
-
-OptionalSecret = Annotated[Str | None, BeforeValidator(_none_if_empty)]
 
 
 def setting(path: str, default: Any, doc: str) -> Any:
@@ -105,7 +98,7 @@ class Settings:
     metrics_port: PortOrOff = setting("metrics.port", 9090, "Port of /metrics, /healthz and /readyz; 0 = off.")
     web_host: Str = setting("web.host", "127.0.0.1", "Address of mitmweb's flow viewer (run --web).")
     web_port: Port = setting("web.port", 8081, "Port of mitmweb's flow viewer (run --web).")
-    web_password: OptionalSecret = setting("web.password", None,
+    web_password: OptionalStr = setting("web.password", None,
                                            "Flow viewer password, plaintext or argon2 hash; empty = mitmweb's token.")
     stream_large_bodies: SizeText = setting("proxy.stream_large_bodies", "1m",
                                             "Bodies above this size are streamed through, not buffered.")
@@ -129,7 +122,6 @@ class Settings:
 
 FIELDS: dict[str, str] = {str(f.validation_alias): name for name, f in getattr(Settings, "__pydantic_fields__").items()
                           if f.validation_alias}
-PATH_FIELDS = ("rules_dir", "data_dir", "sqlite_path")
 SECTION_DOCS = {
     "listen": "Where the proxy listens.",
     "storage": "Where deliveries wait until they are sent (the outbox).",
@@ -242,8 +234,3 @@ def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
     if issues:
         raise ConfigError(issues)
     return settings
-
-
-def replace(settings: Settings, **changes: Any) -> Settings:
-    """A copy with some fields changed (validated like the file's values)."""
-    return dataclasses.replace(settings, **changes)

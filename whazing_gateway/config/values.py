@@ -167,7 +167,9 @@ def _empty_is_none(value: Any) -> Any:
 
 RedisUrl = Annotated[str, BeforeValidator(_env_str), AfterValidator(_url(REDIS)),
                      Field(json_schema_extra=_url_schema(REDIS))]
+# Empty is unset: `${VAR:-}` with VAR unset simply leaves the value out.
 OptionalRedisUrl = Annotated[RedisUrl | None, BeforeValidator(_empty_is_none)]
+OptionalStr = Annotated[Str | None, BeforeValidator(_empty_is_none)]
 
 # ---------------------------------------------------------------------------- one value or a list of them
 
