@@ -202,6 +202,8 @@ def test_running_settings_follow_mitmproxys_options():
     assert running_settings(s, {"mode": ["reverse:http://h:1"], "listen_host": "", "listen_port": None}).listen_port == 8080
     at = running_settings(s, {"mode": ["reverse:http://h:1@127.0.0.2:9001"], "listen_host": "", "listen_port": 7000})
     assert (at.listen_host, at.listen_port) == ("127.0.0.2", 9001)
+    viewer = running_settings(s, {"web_host": "0.0.0.0", "web_port": 8999})  # mitmweb's options, under --web
+    assert (viewer.web_host, viewer.web_port) == ("0.0.0.0", 8999)
     with pytest.raises(ConfigError) as err:
         running_settings(s, {"whazing_metrics_port": 70000})
     assert str(err.value) == "mitmproxy options: 'whazing_metrics_port' must be between 0 and 65535, got 70000"
@@ -250,6 +252,23 @@ async def test_run_set_moves_the_proxy_the_log_and_readyz(tmp_path):
         assert started["listen"] == f"127.0.0.1:{gw.port}" and started["upstream"] == upstream
         ops = next(r for r in gw.log_records() if r.get("event") == "ops server listening")
         assert ops["port"] == gw.metrics_port
+    finally:
+        await gw.stop()
+        await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_run_web_set_web_port_is_the_flow_viewer_the_log_names(tmp_path):
+    runner, upstream = await start_echo()
+    gw = GatewayProcess(tmp_path, upstream, rules_yaml("http://127.0.0.1:9/x"), web=True)
+    yaml_web = gw.web_port
+    gw.web_port = free_port()
+    gw.extra_args = ["--set", f"web_port={gw.web_port}"]
+    try:
+        await gw.start()
+        viewer = next(r for r in gw.log_records() if r.get("event") == "flow viewer")
+        assert viewer["url"] == f"http://127.0.0.1:{gw.web_port}/"
+        assert not await _refused(gw.web_port) and await _refused(yaml_web)
     finally:
         await gw.stop()
         await runner.cleanup()

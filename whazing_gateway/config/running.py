@@ -19,7 +19,7 @@ from whazing_gateway.config.settings import Settings
 
 METRICS_PORT_OPTION = "whazing_metrics_port"
 # The mitmproxy options that change a running value (a change to any of them recomputes it).
-RUNNING_OPTIONS = frozenset({"mode", "listen_host", "listen_port", METRICS_PORT_OPTION})
+RUNNING_OPTIONS = frozenset({"mode", "listen_host", "listen_port", METRICS_PORT_OPTION, "web_host", "web_port"})
 
 
 def add_options(loader: Any) -> None:
@@ -53,9 +53,10 @@ def running_settings(settings: Settings, options: Any) -> Settings:
             changes["listen_port"] = port
         host = mode.listen_host(_get(options, "listen_host") or "")
         changes["listen_host"] = host or "0.0.0.0"
-    metrics_port = _get(options, METRICS_PORT_OPTION)
-    if metrics_port is not None:
-        changes["metrics_port"] = metrics_port
+    for option, name in ((METRICS_PORT_OPTION, "metrics_port"), ("web_host", "web_host"), ("web_port", "web_port")):
+        value = _get(options, option)  # mitmweb's options exist only under `run --web`
+        if value is not None:
+            changes[name] = value
     changes = {k: v for k, v in changes.items() if getattr(settings, k) != v}
     if not changes:
         return settings
@@ -66,7 +67,7 @@ def running_settings(settings: Settings, options: Any) -> Settings:
 
 
 _OPTION_OF = {"upstream": "mode", "listen_port": "listen_port", "listen_host": "listen_host",
-              "metrics_port": METRICS_PORT_OPTION}
+              "metrics_port": METRICS_PORT_OPTION, "web_host": "web_host", "web_port": "web_port"}
 
 
 def _issue(err: Any) -> Issue:
