@@ -35,11 +35,9 @@ _EXPECTED = {
 }
 
 
-def node_at(data: Any, loc: Loc) -> tuple[Any, int, bool]:
-    """(value, line, whole path found) of `loc` in a loaded YAML tree.
-
-    The line is that of the deepest part found: a scalar read as a one-item list
-    (`targets: n8n`) or a missing key points at its parent."""
+def node_at(data: Any, loc: Loc) -> tuple[Any, int]:
+    """(value, line) of `loc` in a loaded YAML tree: of the deepest part found, so a scalar
+    read as a one-item list (`targets: n8n`) points at its key."""
     node = data
     line = getattr(data, "line", 1)
     for part in loc:
@@ -50,8 +48,8 @@ def node_at(data: Any, loc: Loc) -> tuple[Any, int, bool]:
             line = node.line_of(part)
             node = node[part]
         else:
-            return node, line, False
-    return node, line, True
+            break
+    return node, line
 
 
 def _unwrap_model(annotation: Any) -> type[pydantic.BaseModel] | None:
@@ -126,18 +124,13 @@ class Shape:
     key_name: Callable[[Any], str] = str  # a loc part as the user wrote it
 
 
-def issues_from(exc: pydantic.ValidationError, data: Any, file: str, shape: Shape,
-                line_of: Callable[[Loc], tuple[Any, int, bool]] | None = None) -> list[Issue]:
+def issues_from(exc: pydantic.ValidationError, data: Any, file: str, shape: Shape) -> list[Issue]:
     """Every error of one validation, as issues (errors about an unset `${VAR}` are dropped:
     the variable is reported once, where it is used)."""
-    find = line_of or (lambda loc: node_at(data, loc))
     out: list[Issue] = []
     for err in exc.errors(include_url=False):
-        if err.get("input") is UNSET:
-            continue
-        loc: Loc = tuple(err["loc"])
-        message, line = _message(err, loc, find, shape)
-        if message is not None:
+        if err.get("input") is not UNSET:
+            line, message = _message(err, tuple(err["loc"]), data, shape)
             out.append(Issue(file, line, message))
     return out
 
@@ -146,35 +139,31 @@ def _last_key(loc: Sequence[Any]) -> Any:
     return next((p for p in reversed(loc) if not isinstance(p, int)), "value")
 
 
-def _message(err: Any, loc: Loc, find: Callable[[Loc], tuple[Any, int, bool]], shape: Shape) -> tuple[str | None, int]:
-    kind = err["type"]
-    value, line, _ = find(loc)
+def _message(err: Any, loc: Loc, data: Any, shape: Shape) -> tuple[int, str]:
+    """(line, message) of one pydantic error, in check's words."""
+    kind, value = err["type"], err.get("input")
+    line = node_at(data, loc)[1]
     key = shape.key_name(_last_key(loc))
-    got = describe(err.get("input"))
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "missing"):
         parent = loc[:-1]
-        mapping, _, _ = find(parent)
+        mapping, parent_line = node_at(data, parent)
+        if kind == "missing":
+            return getattr(mapping, "line", parent_line), f"missing required key '{key}' in {shape.where(parent)}"
         name = str(loc[-1])
         hint = belongs_under(name, mapping, shape.sections(parent)) or did_you_mean(name, shape.keys(parent))
-        return f"unknown key '{name}' in {shape.where(parent)}{hint}", line
-    if kind == "missing":
-        parent = loc[:-1]
-        _, parent_line, _ = find(parent)
-        mapping, _, _ = find(parent)
-        return f"missing required key '{key}' in {shape.where(parent)}", getattr(mapping, "line", parent_line)
+        return line, f"unknown key '{name}' in {shape.where(parent)}{hint}"
     if kind == "wgw":
-        return str(err["ctx"]["msg"]).replace("{key}", f"'{key}'"), line
-    if kind in ("model_type", "dict_type", "model_attributes_type", "dataclass_type") and loc and isinstance(loc[-1], int):
-        return f"each entry of '{key}' must be a mapping, got {got}", line
+        return line, str(err["ctx"]["msg"]).replace("{key}", f"'{key}'")
+    if _EXPECTED.get(kind) == "a mapping" and loc and isinstance(loc[-1], int):
+        return line, f"each entry of '{key}' must be a mapping, got {describe(value)}"
     if kind in _EXPECTED:
-        return f"'{key}' must be {_EXPECTED[kind]}, got {got}", line
+        return line, f"'{key}' must be {_EXPECTED[kind]}, got {describe(value)}"
     if kind == "literal_error":
         choices = [c.strip().strip("'") for c in str(err["ctx"]["expected"]).replace(" or ", ", ").split(",")]
-        choices = [c for c in choices if c]
-        extra = did_you_mean(str(err.get("input")), choices) if isinstance(err.get("input"), str) else ""
-        return f"'{key}' must be one of {', '.join(choices)}, got {err.get('input')!r}{extra}", line
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        return line, f"'{key}' must be one of {', '.join(c for c in choices if c)}, got {value!r}{hint}"
     if kind == "greater_than_equal":
-        return f"'{key}' must be at least {err['ctx']['ge']}, got {err.get('input')}", line
+        return line, f"'{key}' must be at least {err['ctx']['ge']}, got {value}"
     if kind == "greater_than":
-        return f"'{key}' must be above {err['ctx']['gt']}, got {err.get('input')}", line
-    return f"'{key}': {err['msg']}, got {got}", line
+        return line, f"'{key}' must be above {err['ctx']['gt']}, got {value}"
+    return line, f"'{key}': {err['msg']}, got {describe(value)}"
