@@ -271,6 +271,25 @@ _SHAPE = Shape(where=_where, keys=lambda loc: keys_of(m) if (m := model_at(Rules
 _NAME_IN_TEXT = re.compile(r"^\s*(?:-\s+)?name\s*:\s*['\"]?([A-Za-z0-9_.-]+)", re.M)
 
 
+def _items(data: LDict, key: str) -> list[LDict]:
+    """The mappings listed under `key` (whatever else is there is reported by validation)."""
+    items = data.get(key)
+    return [i for i in items if isinstance(i, LDict)] if isinstance(items, LList) else []
+
+
+def _declare_targets(items: list[LDict], path: Path, defined: dict[str, str], issues: list[Issue]) -> None:
+    """Record each target name with its place; a name seen before is a duplicate (valid or not)."""
+    for item in items:
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in defined:
+            issues.append(Issue(str(path), item.line_of("name"),
+                                f"duplicate target name '{name}' (first defined at {defined[name]})"))
+        else:
+            defined[name] = f"{path}:{item.line_of('name')}"
+
+
 def _target_refs(item: LDict) -> list[tuple[str, int]]:
     """The target names a rule names, with their lines (from the YAML, valid or not)."""
     raw = item.get("targets")
@@ -320,28 +339,17 @@ def read_rules(rules_dir: str | os.PathLike, settings: Settings | None = None,
                                                                 "'channels' or 'queues', got " + describe(data)))
             continue
         data = expand_tree(data, file, issues, env)
-        raw_targets = data.get("targets") if isinstance(data.get("targets"), list) else []
-        for i, item in enumerate(raw_targets):
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str):
-                continue
-            if name in defined:
-                issues.append(Issue(file, item.line_of("name"),
-                                    f"duplicate target name '{name}' (first defined at {defined[name]})"))
-            else:
-                defined[name] = f"{path}:{item.line_of('name')}"
-        for key in ("channels", "queues"):
-            items = data.get(key) if isinstance(data.get(key), LList) else []
-            for item in items:
-                if isinstance(item, LDict):
-                    refs.extend((name, file, line) for name, line in _target_refs(item))
+        raw_targets = _items(data, "targets")
+        _declare_targets(raw_targets, path, defined, issues)
+        refs.extend((name, file, line) for key in ("channels", "queues") for item in _items(data, key)
+                    for name, line in _target_refs(item))
         try:
             spec = RulesFile.model_validate(data)
         except pydantic.ValidationError as exc:
             issues.extend(issues_from(exc, data, file, _SHAPE))
             continue
-        for i, t in enumerate(spec.targets or []):
-            if defined.get(t.name) == f"{path}:{raw_targets[i].line_of('name')}":  # not a duplicate
+        for t, item in zip(spec.targets or [], raw_targets):
+            if defined.get(t.name) == f"{path}:{item.line_of('name')}":  # not a duplicate
                 targets[t.name] = _build_target(t, settings)
         for i, channel_spec in enumerate(spec.channels or []):
             line = data["channels"].line_of(i)
