@@ -38,7 +38,7 @@ rules/20-channels.yaml:13: invalid regular expression in 'text': missing ), unte
 rules/20-channels.yaml:14: unknown key 'contatc_number' in channel rule match, did you mean 'contact_number'?
 rules/30-queues.yaml:4: queue integrations take message events only, not 'ticket.closed'
 rules/30-queues.yaml:5: 'start_on_transfer' must be true or false, got string 'sometimes'
-rules/40-syntax.yaml:4: YAML syntax error: expected ',' or ']', but got ':'
+rules/40-syntax.yaml:4: YAML syntax error: expected ',' or ']', but got ':' (the bracket opened on line 3 is not closed)
 rules/50-shape.yaml:1: a rules file must be a mapping with 'targets', 'channels' or 'queues', got list
 25 errors
 """
@@ -93,13 +93,22 @@ def test_set_env_var_clears_the_error(tmp_path):
     assert good.stdout == "OK: 1 targets, 1 channel rules, 0 queue rules\n"
 
 
-def test_missing_config_and_rules_folder(tmp_path):
+def test_missing_config_is_named_by_its_absolute_path_alone(tmp_path):
+    """Without its config file, the rules folder is not "missing": it is unknown (no cascade)."""
     proc = _check(tmp_path, "nope.yaml")
     assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [f"{tmp_path / 'nope.yaml'}: file not found", "1 error"]
+
+
+def test_missing_rules_folder_says_where_it_was_looked_for(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "gateway.yaml").write_text("rules_dir: ruls\n")
+    proc = _check(tmp_path, "conf/gateway.yaml")
+    assert proc.returncode == 1
     assert proc.stdout.splitlines() == [
-        "nope.yaml:0: cannot read file: No such file or directory",
-        "rules:0: rules folder not found",
-        "2 errors",
+        f"{tmp_path / 'conf' / 'ruls'}: rules folder not found (rules_dir is relative to the folder of "
+        f"gateway.yaml: {tmp_path / 'conf'})",
+        "1 error",
     ]
 
 
@@ -132,3 +141,92 @@ def test_single_mistakes(tmp_path, text, message):
     finally:
         os.chdir(old)
     assert [str(i).removeprefix("rules/") for i in issues] == [message]
+
+
+# The mistakes listed in issue 11. Pinned before the loader rewrite in PyYAML's words
+# ("expected <block end>, but found '?'", "found character '\\t' that cannot start any token",
+# "unknown key 'port' in gateway.yaml", and a tab in a targets file made every rule naming its
+# targets say "unknown target"); now each says what is wrong and how to fix it, once.
+_TAB = ("YAML syntax error: a tab character indents this line; YAML indents with spaces only: "
+        "replace the tab with spaces")
+
+
+def _indent(key: str, spaces: int, above: str, above_line: int, fix: int) -> str:
+    return (f"YAML syntax error: bad indentation: '{key}' is indented by {spaces} spaces, '{above}' on line "
+            f"{above_line} by {fix}; keys of one mapping must line up: indent '{key}' by {fix} spaces like "
+            f"'{above}', or line it up with the section it belongs to")
+
+
+_TARGETS = "targets:\n  - name: n8n\n    url: http://127.0.0.1:5678/w\n"
+ISSUE_CASES = {
+    "port dedented to the top level": (
+        "listen:\n  host: 0.0.0.0\nport: 8080\n", {},
+        ["gateway.yaml:3: unknown key 'port' in gateway.yaml: it belongs under 'listen', indent it below 'listen:'"]),
+    "key over-indented in gateway.yaml": (
+        "listen:\n  host: 0.0.0.0\n    port: 8080\n", {},
+        ["gateway.yaml:3: " + _indent("port", 4, "host", 2, 2)]),
+    "tab in gateway.yaml": (
+        "listen:\n\tport: 8080\n", {},
+        ["gateway.yaml:2: " + _TAB]),
+    "rule key over-indented": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n    targets: n8n\n     events: all\n"},
+        ["rules/20-c.yaml:4: " + _indent("events", 5, "targets", 3, 4)]),
+    "rule key under-indented": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n    targets: n8n\n   events: all\n"},
+        ["rules/20-c.yaml:4: " + _indent("events", 3, "targets", 3, 4)]),
+    "rule keys not under the dash": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n  targets: n8n\n  events: all\n"},
+        ["rules/20-c.yaml:3: " + _indent("targets", 2, "channel", 2, 4)]),
+    "target key dedented to the list": (
+        "", {"15-t.yaml": "targets:\n  - name: a\n    url: http://x\n  headers:\n    X: y\n"},
+        ["rules/15-t.yaml:4: " + _indent("headers", 2, "url", 3, 4)]),
+    "match key not indented under match": (
+        "", {"20-c.yaml": "channels:\n  - channel: 1\n    targets: n8n\n    events: all\n    match:\n    text: hi\n"},
+        ["rules/20-c.yaml:6: unknown key 'text' in channel rule: it belongs under 'match', indent it below 'match:'"]),
+    "tab in a targets file": (
+        "", {"10-targets.yaml": "targets:\n  - name: n8n\n\turl: http://127.0.0.1:5678/w\n",
+             **{f"2{i}-c.yaml": f"channels:\n  - channel: {i}\n    targets: n8n\n    events: all\n" for i in (2, 3, 4)},
+             "30-q.yaml": "queues:\n  - queue: 1\n    targets: [n8n]\n"},
+        ["rules/10-targets.yaml:3: " + _TAB]),
+}
+
+
+# More of the same family, added with the rewrite.
+ISSUE_CASES.update({
+    "list item misaligned": (
+        "", {"15-t.yaml": "targets:\n- name: a\n  url: http://x\n - name: b\n   url: http://y\n"},
+        ["rules/15-t.yaml:4: YAML syntax error: bad indentation: this list item is indented by 1 space, the one on "
+         "line 2 by 0; items of one list must line up: indent it by 0 spaces"]),
+    "no space after the dash (reported on its own line, not the next)": (
+        "", {"20-c.yaml": "channels:\n  -channel: 1\n   targets: n8n\n"},
+        ["rules/20-c.yaml:2: YAML syntax error: '-channel' needs a space after the dash to start a list item: "
+         "write '- channel'"]),
+    "header not indented under an empty headers": (
+        "", {"15-t.yaml": "targets:\n  - name: a\n    url: http://x\n    headers:\n    X-A: b\n"},
+        ["rules/15-t.yaml:5: unknown key 'X-A' in target: it belongs under 'headers', indent it below 'headers:'"]),
+    "a tab in a targets file does not hide a typo elsewhere": (
+        "", {"10-targets.yaml": "targets:\n  - name: n8n\n\turl: http://127.0.0.1:5678/w\n",
+             "20-c.yaml": "channels:\n  - channel: 1\n    targets: [n8n, n8m]\n    events: all\n"},
+        ["rules/10-targets.yaml:3: " + _TAB, "rules/20-c.yaml:3: unknown target 'n8m', did you mean 'n8n'?"]),
+    "metrics port dedented": (
+        "listen:\n  port: 8080\nmetrics:\n  host: 127.0.0.1\nport: 9191\n", {},
+        ["gateway.yaml:5: unknown key 'port' in gateway.yaml: it belongs under 'metrics', indent it below 'metrics:'"]),
+    "key at the top level with no section above": (
+        "port: 9191\n", {},
+        ["gateway.yaml:1: unknown key 'port' in gateway.yaml: it belongs in a section ('listen' or 'metrics' or "
+         "'web'), indented below it"]),
+})
+
+
+@pytest.mark.parametrize("case", list(ISSUE_CASES))
+def test_issue_mistakes(tmp_path, case):
+    gateway, files, expected = ISSUE_CASES[case]
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "gateway.yaml").write_text(gateway)
+    (tmp_path / "rules" / "10-targets.yaml").write_text(_TARGETS)
+    for name, text in files.items():
+        (tmp_path / "rules" / name).write_text(text)
+    proc = _check(tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    n = len(expected)
+    assert proc.stdout.splitlines() == expected + [f"{n} error{'s' if n != 1 else ''}"]

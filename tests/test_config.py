@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from tests.echo_upstream import start_echo
+from tests.harness import GatewayProcess, rules_yaml
+from tests.receivers import free_port
 from whazing_gateway import model
 from whazing_gateway.config import ConfigError, Issue, Settings, expand_env, load_rules, load_settings
+from whazing_gateway.config.running import running_settings
 
 
 def write(path: Path, text: str) -> Path:
@@ -175,3 +183,128 @@ def test_empty_rules_folder_is_valid(tmp_path):
     (tmp_path / "rules").mkdir()
     rules = load_rules(tmp_path / "rules", env={})
     assert rules.targets == {} and rules.channel_rules == () and rules.queue_rules == ()
+
+
+# ---------------------------------------------------------------------------- running values
+
+
+def test_running_settings_follow_mitmproxys_options():
+    """Pure: gateway.yaml's values, overridden where mitmproxy's own options say otherwise."""
+    s = Settings(listen_host="0.0.0.0", listen_port=8080, upstream="http://127.0.0.1:3000", metrics_port=9090)
+    same = running_settings(s, {"mode": ["reverse:http://127.0.0.1:3000"], "listen_host": "0.0.0.0",
+                                "listen_port": 8080, "whazing_metrics_port": None})
+    assert same is s
+    moved = running_settings(s, {"mode": ["reverse:https://whazing.internal:3001"], "listen_host": "127.0.0.1",
+                                 "listen_port": 8181, "whazing_metrics_port": 0})
+    assert (moved.upstream, moved.listen_host, moved.listen_port, moved.metrics_port) == \
+        ("https://whazing.internal:3001", "127.0.0.1", 8181, 0)
+    # mitmproxy's defaults: no -p means the mode's default port; "@port" in the mode wins over -p
+    assert running_settings(s, {"mode": ["reverse:http://h:1"], "listen_host": "", "listen_port": None}).listen_port == 8080
+    at = running_settings(s, {"mode": ["reverse:http://h:1@127.0.0.2:9001"], "listen_host": "", "listen_port": 7000})
+    assert (at.listen_host, at.listen_port) == ("127.0.0.2", 9001)
+    viewer = running_settings(s, {"web_host": "0.0.0.0", "web_port": 8999})  # mitmweb's options, under --web
+    assert (viewer.web_host, viewer.web_port) == ("0.0.0.0", 8999)
+    with pytest.raises(ConfigError) as err:
+        running_settings(s, {"whazing_metrics_port": 70000})
+    assert str(err.value) == "mitmproxy options: 'whazing_metrics_port' must be between 0 and 65535, got 70000"
+
+
+async def _get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+            return r.status, await r.text()
+
+
+async def _refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+def _started(gw: GatewayProcess) -> dict:
+    """The "gateway started" line: JSON under `run`, structlog's console form under plain mitmdump."""
+    for r in gw.log_records():
+        if r.get("event") == "gateway started":
+            return r
+    line = next(x for x in gw.log().splitlines() if "gateway started" in x)
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+@pytest.mark.slow
+async def test_run_set_moves_the_proxy_the_log_and_readyz(tmp_path):
+    """`run --set listen_port=N --set whazing_metrics_port=M`: the proxy, /readyz and the log agree."""
+    runner, upstream = await start_echo()
+    gw = GatewayProcess(tmp_path, upstream, rules_yaml("http://127.0.0.1:9/x"))
+    yaml_port, yaml_metrics = gw.port, gw.metrics_port
+    gw.port, gw.metrics_port = free_port(), free_port()
+    gw.extra_args = ["--set", f"listen_port={gw.port}", "--set", f"whazing_metrics_port={gw.metrics_port}"]
+    try:
+        await gw.start()  # waits for /readyz 200 on the overriding metrics port
+        status, body = await _get(gw.metrics_url + "/readyz")
+        assert status == 200 and json.loads(body)["checks"]["proxy"]["ok"] is True
+        status, body = await _get(gw.url + "/echo-me")
+        assert status == 200
+        assert await _refused(yaml_port) and await _refused(yaml_metrics)
+        started = _started(gw)
+        assert started["listen"] == f"127.0.0.1:{gw.port}" and started["upstream"] == upstream
+        ops = next(r for r in gw.log_records() if r.get("event") == "ops server listening")
+        assert ops["port"] == gw.metrics_port
+    finally:
+        await gw.stop()
+        await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_run_web_set_web_port_is_the_flow_viewer_the_log_names(tmp_path):
+    runner, upstream = await start_echo()
+    gw = GatewayProcess(tmp_path, upstream, rules_yaml("http://127.0.0.1:9/x"), web=True)
+    yaml_web = gw.web_port
+    gw.web_port = free_port()
+    gw.extra_args = ["--set", f"web_port={gw.web_port}"]
+    try:
+        await gw.start()
+        viewer = next(r for r in gw.log_records() if r.get("event") == "flow viewer")
+        assert viewer["url"] == f"http://127.0.0.1:{gw.web_port}/"
+        assert not await _refused(gw.web_port) and await _refused(yaml_web)
+    finally:
+        await gw.stop()
+        await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_plain_mitmdump_mode_and_port_are_what_the_gateway_uses(tmp_path):
+    """`mitmdump -s addons/gateway.py --mode reverse:URL -p N`: gateway.yaml's upstream and port
+    are not in use, so the log and /readyz must name the ones mitmproxy was given."""
+    runner, upstream = await start_echo()
+    gw = GatewayProcess(tmp_path, "http://127.0.0.1:9", rules_yaml("http://127.0.0.1:9/x"), plain_mitmdump=True)
+    yaml_port = gw.port
+    gw.upstream, gw.port = upstream, free_port()
+    try:
+        await gw.start()
+        status, _ = await _get(gw.url + "/through")
+        assert status == 200
+        assert await _refused(yaml_port)
+        started = _started(gw)
+        assert started["upstream"] == upstream and started["listen"] == f"127.0.0.1:{gw.port}"
+        status, body = await _get(gw.metrics_url + "/readyz")
+        assert status == 200 and json.loads(body)["checks"]["proxy"]["ok"] is True
+    finally:
+        await gw.stop()
+        await runner.cleanup()
+
+
+def test_env_references_in_rules_are_typed_after_expansion(tmp_path):
+    """`channel: ${CH:-1}` is the channel id 1 (not a channel named "1"); numbers stay numbers."""
+    write(tmp_path / "rules" / "r.yaml", """
+targets:
+  - {name: t, url: "${URL:-http://x}", concurrency: "${C:-2}", rate_per_s: "${R:-0.5}", headers: {X-On: "${ON:-true}"}}
+channels:
+  - {channel: ["${CH:-1}", Vendas], targets: t, events: "${EV:-all}", groups: "${G:-true}"}
+""")
+    rules = load_rules(tmp_path / "rules", env={"C": "3"})
+    t, [ch] = rules.targets["t"], rules.channel_rules
+    assert (t.url, t.concurrency, t.rate_per_s, t.headers) == ("http://x", 3, 0.5, {"X-On": "true"})
+    assert ch.channels == (1, "Vendas") and ch.groups is True and ch.events == frozenset(model.EVENT_TYPES)

@@ -8,26 +8,33 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, get_args
 
-# Event types. The first five are Whazing's native ones; the last two are ours.
-TICKET_CREATED = "ticket.created"
-TICKET_TRANSFERRED = "ticket.transferred"
-TICKET_CLOSED = "ticket.closed"
-TICKET_REOPENED = "ticket.reopened"
-TICKET_ACCEPTED = "ticket.accepted"
-MESSAGE_RECEIVED = "message.received"
-MESSAGE_SENT = "message.sent"
+# Event types. The first five are Whazing's native ones; the last two are ours. The Literal is
+# the one declaration every stage (and the rules' JSON Schema) takes its names from.
+EventType = Literal[
+    "ticket.created",
+    "ticket.transferred",
+    "ticket.closed",
+    "ticket.reopened",
+    "ticket.accepted",
+    "message.received",
+    "message.sent",
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+(TICKET_CREATED, TICKET_TRANSFERRED, TICKET_CLOSED, TICKET_REOPENED, TICKET_ACCEPTED,
+ MESSAGE_RECEIVED, MESSAGE_SENT) = EVENT_TYPES
 
-EVENT_TYPES = (
-    TICKET_CREATED,
-    TICKET_TRANSFERRED,
-    TICKET_CLOSED,
-    TICKET_REOPENED,
-    TICKET_ACCEPTED,
-    MESSAGE_RECEIVED,
-    MESSAGE_SENT,
-)
+# A target's body format: "whazing" (native bodies) or "envelope" ({type, id, timestamp, data}).
+Format = Literal["whazing", "envelope"]
+FORMATS: tuple[str, ...] = get_args(Format)
+# A target's kind: "n8n": a 404 means "workflow not active" and is retried; "generic": 404 is final.
+TargetKind = Literal["n8n", "generic"]
+TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
+# What became of one delivery attempt.
+Outcome = Literal["delivered", "retry", "dead"]
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+
 TICKET_EVENTS = frozenset(t for t in EVENT_TYPES if t.startswith("ticket."))
 MESSAGE_EVENTS = frozenset(t for t in EVENT_TYPES if t.startswith("message."))
 
@@ -96,9 +103,9 @@ class Target:
     timeout_ms: int = 10_000
     concurrency: int = 4
     rate_per_s: float | None = None
-    format: str = "whazing"  # "whazing" (native bodies) or "envelope" ({type, id, timestamp, data})
+    format: Format = "whazing"
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
-    kind: str = "n8n"  # "n8n": a 404 means "workflow not active" and is retried; "generic": 404 is final
+    kind: TargetKind = "n8n"
 
 
 @dataclass(frozen=True, slots=True)

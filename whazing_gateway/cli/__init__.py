@@ -1,4 +1,4 @@
-"""`whazing-gateway`: run, check, replay, deliveries, demo.
+"""`whazing-gateway`: run, check, schema, replay, deliveries, demo.
 
 Each subcommand lives beside the stage it drives; this module only parses and dispatches,
 importing lazily so `check` does not pay for mitmproxy.
@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate gateway.yaml and the rules; exit 1 on any error")
     check.add_argument("--config", default="gateway.yaml")
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of gateway.yaml or of rules files (for editors)")
+    schema.add_argument("kind", nargs="?", choices=["gateway", "rules"], default="gateway")
 
     replay = sub.add_parser("replay", help="dry run: what a saved capture would send, sending nothing")
     replay.add_argument("capture", help="a mitmproxy capture (mitmdump -w FILE)")
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from whazing_gateway.config import check_command
 
         return check_command(args)
+    if args.command == "schema":
+        from whazing_gateway.config.schema import schema_command
+
+        return schema_command(args)
     if args.command == "replay":
         from whazing_gateway.cli.replay import replay_command
 

@@ -98,7 +98,7 @@ class Decision:
     """What one attempt's result means: the outbox outcome, when to try again, whether the
     target should be paused (410) and whether it counts against the target's health."""
 
-    outcome: str  # "delivered" | "retry" | "dead"
+    outcome: model.Outcome
     next_at: float | None = None
     reason: str | None = None
     pause: bool = False

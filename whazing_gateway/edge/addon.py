@@ -14,6 +14,8 @@ from collections import deque
 import structlog
 from mitmproxy import ctx, exceptions, hooks
 
+from whazing_gateway.config import ConfigError, Settings, load_settings
+from whazing_gateway.config import running as running_values
 from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
 from whazing_gateway.ops import metrics
@@ -163,7 +165,8 @@ class Gateway:
     """Taps the traffic and owns the gateway's services for the life of the proxy."""
 
     def __init__(self) -> None:
-        self.settings = None
+        self.file_settings: Settings | None = None  # gateway.yaml as read; self.settings: in force
+        self.settings: Settings | None = None
         self.services = None
         self.notes = FlowNotes()
         self.annotate = True
@@ -175,22 +178,25 @@ class Gateway:
     def load(self, loader) -> None:
         loader.add_option("whazing_config", str, "gateway.yaml",
                           "Whazing Gateway main config file (gateway.yaml).")
+        running_values.add_options(loader)
 
     def configure(self, updated) -> None:
         if "save_stream_file" in updated:
             # While a capture is written (`-w` / save_stream_file), websocket history is kept
             # whole so `replay` sees every frame; otherwise it is trimmed to bound memory.
             self.recording = bool(getattr(ctx.options, "save_stream_file", None))
-        if "whazing_config" not in updated:
-            return
-        from whazing_gateway.config import ConfigError, load_settings
-
-        try:
-            self.settings = load_settings(ctx.options.whazing_config)
-        except ConfigError as exc:
-            raise exceptions.OptionsError(f"whazing_config: {exc}") from None
-        except OSError as exc:
-            raise exceptions.OptionsError(f"whazing_config: cannot read {ctx.options.whazing_config}: {exc}") from None
+        if "whazing_config" in updated:
+            try:
+                self.file_settings = load_settings(ctx.options.whazing_config)
+            except ConfigError as exc:
+                raise exceptions.OptionsError(f"whazing_config: {exc}") from None
+            except OSError as exc:
+                raise exceptions.OptionsError(f"whazing_config: cannot read {ctx.options.whazing_config}: {exc}") from None
+        if self.file_settings is not None and ("whazing_config" in updated or updated & running_values.RUNNING_OPTIONS):
+            try:  # --mode, -p, --set win over gateway.yaml: the services, the log and /readyz use these
+                self.settings = running_values.running_settings(self.file_settings, ctx.options)
+            except ConfigError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
 
     def running(self) -> None:
         from whazing_gateway.pipeline.services import Services

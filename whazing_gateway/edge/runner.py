@@ -40,6 +40,7 @@ def mitmproxy_options(settings, web: bool) -> dict:
 async def _serve(settings, web: bool, extra: list[str]) -> int:
     from mitmproxy import options
 
+    from whazing_gateway.config.running import running_settings
     from whazing_gateway.edge.addon import Gateway
 
     opts = options.Options()
@@ -56,6 +57,7 @@ async def _serve(settings, web: bool, extra: list[str]) -> int:
     opts.update(**values)
     if extra:
         opts.set(*extra)
+    settings = running_settings(settings, opts)  # what --set changed is what the log says below
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

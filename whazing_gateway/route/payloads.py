@@ -17,7 +17,7 @@ from whazing_gateway import model
 from whazing_gateway.deliver.media import Media
 from whazing_gateway.route.rules import channel_of, message_ticket, ticket_contact
 
-FORMATS = ("whazing", "envelope")
+FORMATS = model.FORMATS  # declared once, as model.Format
 
 # `Type` of the native ticket webhooks; the last two are ours (Whazing has no such events).
 TICKET_TYPE_NAMES = {
