@@ -26,6 +26,9 @@ def mitmproxy_options(settings, web: bool) -> dict:
         "block_global": False,
         # Above this size bodies are streamed through, not held in memory (and not inspected).
         "stream_large_bodies": settings.stream_large_bodies,
+        # Connect upstream when a request arrives, not when a client connects: with the upstream
+        # down, mitmproxy then answers `502 Bad Gateway` (eager mode closes the connection empty).
+        "connection_strategy": "lazy",
         "whazing_config": str(settings.config_path),
     }
     if web:

@@ -80,10 +80,11 @@ class Services:
             self.sender.start()  # the worker process is spawned and supervised by a task
         self.pipeline.start()
         if s.metrics_port:
-            from whazing_gateway.ops.server import OpsServer, directory_writable, tcp_listening
+            from whazing_gateway.ops.server import OpsServer, directory_writable, tcp_listening, upstream_reachable
 
             self.ops = OpsServer(s.metrics_host, s.metrics_port)
             self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
+            self.ops.add_check("upstream", upstream_reachable(s.upstream))
             self.ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
             self.ops.add_check("data_dir", directory_writable(s.data_dir))
             try:
