@@ -17,7 +17,7 @@ from mitmproxy import ctx, exceptions, hooks
 from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
 from whazing_gateway.ops import metrics
-from whazing_gateway.pipeline.core import Result, ThrottledLog
+from whazing_gateway.pipeline.core import ThrottledLog
 
 log = structlog.get_logger(__name__)
 
@@ -70,23 +70,25 @@ class FlowNotes:
     def track(self, flow) -> None:
         self.flows[flow.id] = flow
 
-    def on_result(self, result: Result) -> None:
-        flow = self.flows.get(result.record.flow_id)
+    def on_result(self, summary: dict) -> None:
+        """`summary`: `Result.summary()`, made where the pipeline runs (its own process)."""
+        flow = self.flows.get(summary["flow_id"])
         if flow is None:
             return
+        accepted = summary["accepted"]
         meta = flow.metadata.setdefault("whazing", {"events": [], "deliveries": {}})
         lines = flow.comment.splitlines() if flow.comment else []
-        for ev in result.events:
-            change = ", ".join(f"{k} {a}->{b}" for k, (a, b) in ev.changes.items())
-            lines.append(f"{ev.type} #{ev.ticket_id}" + (f" {change}" if change else "")
-                         + (f" ({ev.origin})" if ev.origin else ""))
-            meta["events"].append({"id": ev.id, "type": ev.type, "ticket": ev.ticket_id,
-                                   "changes": {k: list(v) for k, v in ev.changes.items()}})
-        for d in result.deliveries:
-            meta["deliveries"][d.id] = {"target": d.target, "event": d.event_type,
-                                        "status": "queued" if result.accepted else "not accepted"}
-            lines.append(f"  -> {d.target}: {'queued' if result.accepted else 'NOT ACCEPTED (outbox error)'} [{d.id}]")
-            self.by_delivery[d.id] = flow.id
+        for ev in summary["events"]:
+            change = ", ".join(f"{k} {a}->{b}" for k, (a, b) in ev["changes"].items())
+            lines.append(f"{ev['type']} #{ev['ticket']}" + (f" {change}" if change else "")
+                         + (f" ({ev['origin']})" if ev.get("origin") else ""))
+            meta["events"].append({"id": ev["id"], "type": ev["type"], "ticket": ev["ticket"],
+                                   "changes": ev["changes"]})
+        for d in summary["deliveries"]:
+            meta["deliveries"][d["id"]] = {"target": d["target"], "event": d["event"],
+                                           "status": "queued" if accepted else "not accepted"}
+            lines.append(f"  -> {d['target']}: {'queued' if accepted else 'NOT ACCEPTED (outbox error)'} [{d['id']}]")
+            self.by_delivery[d["id"]] = flow.id
             if len(self.by_delivery) > 100_000:
                 self.by_delivery.pop(next(iter(self.by_delivery)))
         # A websocket flow (the observer's, an agent's tab) lives for days: keep its details bounded.

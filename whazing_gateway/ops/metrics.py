@@ -112,3 +112,48 @@ SPOOL_SIZE = Gauge(
     "Deliveries waiting in the local spool for Redis to come back (Redis backend)",
     registry=REGISTRY,
 )
+RECORD_ERRORS = Counter(
+    "whazing_gateway_record_errors_total",
+    "Records whose decode, inference or routing raised: only that record is lost (stage, error type)",
+    ["stage", "error"],
+    registry=REGISTRY,
+)
+OUTBOX_RETRIES = Counter(
+    "whazing_gateway_outbox_retries_total",
+    "Outbox writes retried after a failure (locked, disk full): the events wait, not yet accepted",
+    registry=REGISTRY,
+)
+EVENTS_REJECTED = Counter(
+    "whazing_gateway_events_rejected_total",
+    "Events never accepted: the outbox refused their data for good, or the gateway stopped while "
+    "the outbox kept failing",
+    ["reason"],
+    registry=REGISTRY,
+)
+RECORDS_DROPPED = Counter(
+    "whazing_gateway_records_dropped_total",
+    "Raw records dropped for lack of room (memory: the proxy's buffer; journal: its disk bound)",
+    ["reason"],
+    registry=REGISTRY,
+)
+UNINSPECTED = Counter(
+    "whazing_gateway_uninspected_total",
+    "Frames larger than inspect_max_bytes, passed through without being read",
+    ["kind"],
+    registry=REGISTRY,
+)
+JOURNAL_BYTES = Gauge(
+    "whazing_gateway_journal_bytes",
+    "Bytes of raw records in the on-disk journal not yet consumed by the pipeline process",
+    registry=REGISTRY,
+)
+PIPELINE_LAG = Gauge(
+    "whazing_gateway_pipeline_lag_seconds",
+    "Age of the last record the pipeline process committed, when it committed it",
+    registry=REGISTRY,
+)
+PIPELINE_RESTARTS = Counter(
+    "whazing_gateway_pipeline_restarts_total",
+    "Restarts of the pipeline process (decode, infer, route, outbox writes)",
+    registry=REGISTRY,
+)

@@ -17,7 +17,7 @@ from whazing_gateway.config import Settings
 from whazing_gateway.config.reload import initial_rules, register_rule_secrets
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
-from whazing_gateway.pipeline.core import Pipeline, Result
+from whazing_gateway.pipeline.core import Pipeline
 from whazing_gateway.route.router import Router
 from whazing_gateway.state.memory import MemoryState
 
@@ -37,7 +37,7 @@ class Services:
         self,
         settings: Settings,
         *,
-        on_result: Callable[[Result], None] | None = None,
+        on_result: Callable[[dict], None] | None = None,
         on_delivery: Callable[[str, str, str, str], None] | None = None,
     ) -> None:
         from whazing_gateway.outbox import open_outbox
@@ -56,7 +56,8 @@ class Services:
                                  per_ticket_order=settings.per_ticket_order)
             self.sender.on_outcome = on_delivery
         self.pipeline = Pipeline(self.inferrer, self.router.route, self.outbox.put,
-                                 json_limit=settings.inspect_max_bytes, on_result=on_result,
+                                 json_limit=settings.inspect_max_bytes,
+                                 on_result=on_result and (lambda r: on_result(r.summary())),
                                  wake=self.sender.wake)
         self.ops = None
         self.watcher = None
