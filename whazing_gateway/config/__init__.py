@@ -365,7 +365,7 @@ class Settings:
     storage.redis.url/prefix/spool_max -> redis_url/redis_prefix/spool_max;
     observer.enabled/email_env/password_env -> observer_*; log.format/level -> log_format/log_level;
     metrics.host/port -> metrics_host/metrics_port (port 0 = off); web.host/port/password ->
-    web_*; proxy.stream_large_bodies/inspect_max_bytes/max_flows; delivery.per_ticket_order,
+    web_*; proxy.stream_large_bodies/inspect_max_bytes/max_flows/journal_max_bytes; delivery.per_ticket_order,
     delivery.retry_schedule -> retry_schedule, delivery.timeout_ms -> default_timeout_ms,
     delivery.worker -> delivery_worker.
     Relative paths are resolved against the folder of gateway.yaml, so `run` works from anywhere.
@@ -396,6 +396,7 @@ class Settings:
     stream_large_bodies: str = "1m"
     inspect_max_bytes: int = 1_048_576
     max_flows: int = 2000
+    journal_max_bytes: int = 1 << 30  # raw records waiting on disk for the pipeline process
     per_ticket_order: bool = True
     delivery_worker: str = "process"  # "process": the sender runs in a child process; "inline": in the proxy
     retry_schedule: tuple[float, ...] = model.DEFAULT_RETRY_SCHEDULE
@@ -546,6 +547,7 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         stream_large_bodies = d.stream_large_bodies
     inspect_max_bytes = proxy.get("inspect_max_bytes", "size", d.inspect_max_bytes)
     max_flows = _positive(proxy, "max_flows", "int", d.max_flows, minimum=0)
+    journal_max_bytes = proxy.get("journal_max_bytes", "size", d.journal_max_bytes)
     proxy.done()
 
     delivery = top.sub("delivery")
@@ -583,6 +585,7 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         stream_large_bodies=str(stream_large_bodies) if stream_large_bodies is not None else "",
         inspect_max_bytes=inspect_max_bytes,
         max_flows=max_flows,
+        journal_max_bytes=journal_max_bytes,
         per_ticket_order=per_ticket_order,
         delivery_worker=delivery_worker,
         retry_schedule=retry_schedule,

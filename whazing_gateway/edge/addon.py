@@ -1,9 +1,10 @@
 """The mitmproxy edge: the addon that `addons/gateway.py` hands to `mitmdump -s` / `mitmweb -s`.
 
 Hooks are the hot path of every request and every websocket frame: they only decide, with a
-prefix test or a route lookup, whether a record is worth reading, and hand it to the pipeline's
-queue. Everything else (decode, infer, route, outbox, delivery) runs in tasks beside the proxy,
-so the gateway can fail, stall or restart its delivery without the traffic noticing.
+prefix test or a route lookup, whether a record is worth reading, and hand the raw record to
+the journal's bounded buffer. Everything else (decode, infer, route, outbox writes) runs in the
+pipeline process and delivery in the delivery worker, so the gateway can fail, stall or
+restart without the traffic noticing.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class Gateway:
         self.recording = False
         self.limit: FlowLimit | None = None
         self.errors = ThrottledLog()
+        self.frame_limit = 1 << 20
 
     # -- options -----------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -206,6 +208,7 @@ class Gateway:
         # they would only cost time on every event.
         self.annotate = view is not None or self.recording
         notes = self.notes if self.annotate else None
+        self.frame_limit = self.settings.inspect_max_bytes
         self.services = Services(self.settings, on_result=notes and notes.on_result,
                                  on_delivery=notes and notes.on_delivery)
         self.services.start_soon()
@@ -219,7 +222,7 @@ class Gateway:
     def _submit(self, flow, record) -> None:
         if self.annotate:
             self.notes.track(flow)
-        self.services.pipeline.submit(record)
+        self.services.feed.submit(record)
 
     def request(self, flow) -> None:
         if self.services is None:
@@ -248,7 +251,10 @@ class Gateway:
             messages = flow.websocket.messages
             msg = messages[-1]
             if wants_frame(msg):
-                self._submit(flow, traffic.frame_record(flow.id, msg))
+                if len(msg.content) > self.frame_limit:  # like bodies: too big to read, passed on
+                    metrics.UNINSPECTED.labels("frame").inc()
+                else:
+                    self._submit(flow, traffic.frame_record(flow.id, msg))
             if len(messages) > WS_KEEP_MESSAGES and not self.recording:
                 del messages[: len(messages) - WS_KEEP_MESSAGES]
         except Exception as exc:

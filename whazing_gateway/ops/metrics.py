@@ -157,3 +157,59 @@ PIPELINE_RESTARTS = Counter(
     "Restarts of the pipeline process (decode, infer, route, outbox writes)",
     registry=REGISTRY,
 )
+
+
+# -- mirroring a child process's metrics into this process's registry ---------------------------
+# The pipeline runs in a child process; /metrics is served by the proxy's process. The child
+# sends its counters (and the gauges below) as plain values; the parent adds the increase since
+# the child's previous report, so the parent's own counts (hooks, drops) stay in the same series.
+CHILD_GAUGES = ("whazing_gateway_spool_size", "whazing_gateway_pipeline_lag_seconds",
+                "whazing_gateway_journal_bytes")
+
+
+def _by_name() -> dict[str, Counter | Gauge]:
+    out: dict[str, Counter | Gauge] = {}
+    for value in list(globals().values()):
+        if isinstance(value, (Counter, Gauge)):
+            out[value.describe()[0].name] = value
+    return out
+
+
+def snapshot() -> list[list]:
+    """[name, labels, value] of every counter sample with a value, and of CHILD_GAUGES."""
+    out: list[list] = []
+    for family in REGISTRY.collect():
+        if family.type == "counter":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    out.append([family.name, sample.labels, sample.value])
+        elif family.type == "gauge" and family.name in CHILD_GAUGES:
+            for sample in family.samples:
+                out.append([family.name, sample.labels, sample.value])
+    return out
+
+
+class Mirror:
+    """Applies a child's successive snapshots; `reset()` when a new child starts from zero."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, float] = {}
+        self._metrics = _by_name()
+
+    def reset(self) -> None:
+        self._last.clear()
+
+    def apply(self, snap: list[list]) -> None:
+        for name, labels, value in snap:
+            metric = self._metrics.get(name)
+            if metric is None:
+                continue
+            target = metric.labels(**labels) if labels else metric
+            if isinstance(metric, Gauge):
+                target.set(value)
+                continue
+            key = (name, tuple(sorted(labels.items())))
+            delta = value - self._last.get(key, 0.0)
+            self._last[key] = value
+            if delta > 0:
+                target.inc(delta)
