@@ -82,11 +82,25 @@ async def _open_outbox(outbox, stopping: asyncio.Event) -> None:
 class Consumer:
     """Reads the journal, runs batches through the pipeline, checkpoints after each commit."""
 
-    def __init__(self, reader, pipeline) -> None:
+    def __init__(self, reader, pipeline, report) -> None:
         self.reader = reader
         self.pipeline = pipeline
+        self.report = report
         self.busy_at = 0.0
         self.caught_up = asyncio.Event()
+        self.wake_pending = False
+        pipeline.wake = self.request_wake
+
+    def request_wake(self) -> None:
+        self.wake_pending = True
+
+    def _after_commit(self) -> None:
+        """Counts first, then the wake: by the time a webhook is out, /metrics counts its event."""
+        self.busy_at = time.monotonic()
+        if self.wake_pending:
+            self.wake_pending = False
+            self.report()
+            _emit({"w": 1})
 
     async def run(self) -> None:
         from whazing_gateway.pipeline.core import GaveUp
@@ -114,21 +128,31 @@ class Consumer:
                           records=len(records), flow_id=records[0].flow_id)
             self.reader.commit(items[-1][1])
             metrics.PIPELINE_LAG.set(max(0.0, time.time() - records[-1].ts))
+            self._after_commit()
 
 
-async def _status(outbox, reader, consumer: Consumer) -> None:
-    last_sent = 0.0
-    while True:
-        await asyncio.sleep(STATUS_INTERVAL_S)
-        now = time.monotonic()
-        if consumer.busy_at < last_sent and now - last_sent < 5.0:
-            continue  # nothing new: a report every 5 s is enough
-        last_sent = now
-        try:
-            metrics.JOURNAL_BYTES.set(await asyncio.to_thread(reader.backlog_bytes))
-        except OSError:
-            pass
-        _emit({"m": metrics.snapshot(), "o": [outbox.healthy, outbox.last_error]})
+class Reporter:
+    """The child's metrics and outbox health, to the parent: after each batch that accepted
+    deliveries, and every half second while busy (every 5 s when idle)."""
+
+    def __init__(self, outbox) -> None:
+        self.outbox = outbox
+        self.sent_at = 0.0
+
+    def __call__(self) -> None:
+        self.sent_at = time.monotonic()
+        _emit({"m": metrics.snapshot(), "o": [self.outbox.healthy, self.outbox.last_error]})
+
+    async def run(self, reader, consumer: Consumer) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if consumer.busy_at < self.sent_at and time.monotonic() - self.sent_at < 5.0:
+                continue  # nothing new
+            try:
+                metrics.JOURNAL_BYTES.set(await asyncio.to_thread(reader.backlog_bytes))
+            except OSError:
+                pass
+            self()
 
 
 async def _read_stdin(on_eof) -> None:
@@ -167,16 +191,16 @@ async def serve(settings, annotate: bool) -> int:
     await _open_outbox(outbox, stop_now)
     reader = JournalReader(directory)
     pipeline = Pipeline(Inferrer(state), router.route, outbox.put, json_limit=settings.inspect_max_bytes,
-                        on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None,
-                        wake=lambda: _emit({"w": 1}))
-    consumer = Consumer(reader, pipeline)
+                        on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
+    reporter = Reporter(outbox)
+    consumer = Consumer(reader, pipeline, reporter)
     watcher = None
     if settings.rules_reload_s:
         watcher = RulesWatcher(router, settings.rules_dir, settings=settings, interval_s=settings.rules_reload_s,
                                on_reload=register_rule_secrets)
         watcher.start()
     tasks = [asyncio.create_task(consumer.run(), name="pipeline-consumer"),
-             asyncio.create_task(_status(outbox, reader, consumer), name="pipeline-status")]
+             asyncio.create_task(reporter.run(reader, consumer), name="pipeline-status")]
     log.info("pipeline.started", pid=os.getpid(), storage=settings.storage_backend,
              targets=len(router.rules.targets), journal_from=f"{reader.position.seq}:{reader.position.offset}")
     stop_task = asyncio.create_task(stop_now.wait())
@@ -197,7 +221,7 @@ async def serve(settings, annotate: bool) -> int:
         await watcher.stop()
     reader.close()
     try:
-        _emit({"m": metrics.snapshot(), "o": [outbox.healthy, outbox.last_error]})
+        reporter()
     except (OSError, ValueError):
         pass
     await outbox.close()
