@@ -144,10 +144,12 @@ class Reporter:
         _emit({"m": metrics.snapshot(), "o": [self.outbox.healthy, self.outbox.last_error]})
 
     async def run(self, reader, consumer: Consumer) -> None:
+        periodic_at = 0.0
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
-            if consumer.busy_at < self.sent_at and time.monotonic() - self.sent_at < 5.0:
-                continue  # nothing new
+            if consumer.busy_at < periodic_at and time.monotonic() - periodic_at < 5.0:
+                continue  # nothing new since the last full report
+            periodic_at = time.monotonic()
             try:
                 metrics.JOURNAL_BYTES.set(await asyncio.to_thread(reader.backlog_bytes))
             except OSError:
