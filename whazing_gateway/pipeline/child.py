@@ -203,6 +203,7 @@ async def serve(settings, annotate: bool) -> int:
         watcher.start()
     tasks = [asyncio.create_task(consumer.run(), name="pipeline-consumer"),
              asyncio.create_task(reporter.run(reader, consumer), name="pipeline-status")]
+    reporter()  # the parent's /readyz waits for this first report
     log.info("pipeline.started", pid=os.getpid(), storage=settings.storage_backend,
              targets=len(router.rules.targets), journal_from=f"{reader.position.seq}:{reader.position.offset}")
     stop_task = asyncio.create_task(stop_now.wait())
@@ -245,7 +246,8 @@ class PipelineProcess:
         self.wake = wake
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
-        self.outbox_ok: tuple[bool, str] = (True, "not reported yet")
+        # not ready until the process has started and opened the outbox (its first report)
+        self.outbox_ok: tuple[bool, str] = (False, "pipeline process starting")
         self.mirror = metrics.Mirror()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -276,6 +278,7 @@ class PipelineProcess:
             await self._spawn()
             assert self.proc is not None and self.proc.stdout is not None
             self.mirror.reset()  # a new process counts from zero
+            self.outbox_ok = (False, "pipeline process starting")
             log.info("pipeline.spawned", pid=self.proc.pid)
             async for line in self.proc.stdout:
                 self._handle(line)
