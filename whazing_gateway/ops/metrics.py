@@ -171,7 +171,7 @@ def _by_name() -> dict[str, Counter | Gauge]:
     out: dict[str, Counter | Gauge] = {}
     for value in list(globals().values()):
         if isinstance(value, (Counter, Gauge)):
-            out[value.describe()[0].name] = value
+            out[next(iter(value.describe())).name] = value
     return out
 
 
@@ -204,12 +204,11 @@ class Mirror:
             metric = self._metrics.get(name)
             if metric is None:
                 continue
-            target = metric.labels(**labels) if labels else metric
             if isinstance(metric, Gauge):
-                target.set(value)
+                (metric.labels(**labels) if labels else metric).set(value)
                 continue
             key = (name, tuple(sorted(labels.items())))
             delta = value - self._last.get(key, 0.0)
             self._last[key] = value
             if delta > 0:
-                target.inc(delta)
+                (metric.labels(**labels) if labels else metric).inc(delta)

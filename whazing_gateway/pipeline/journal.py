@@ -28,6 +28,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -48,6 +49,8 @@ _REQUEST, _EXCHANGE, _FRAME_KIND = 1, 2, 3
 
 # -- codec ---------------------------------------------------------------------------------------
 def encode(record: Record) -> bytes:
+    head: list
+    blobs: list[bytes | None]
     if isinstance(record, WsFrame):
         kind, head, blobs = _FRAME_KIND, [record.flow_id, record.ts, record.from_client, record.is_text], [record.content]
     elif isinstance(record, HttpExchange):
@@ -284,7 +287,7 @@ class JournalReader:
     def __init__(self, directory: Path) -> None:
         self.directory = open_dir(directory)
         self.position = self._load_checkpoint()
-        self._file = None
+        self._file: BinaryIO | None = None
         self._buf = b""
         self._off = 0  # records before this offset of _buf are read
         self._buf_pos = self.position  # file position of _buf[_off]

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
@@ -19,10 +19,15 @@ from whazing_gateway.config import Settings
 from whazing_gateway.config.reload import initial_rules, register_rule_secrets
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
-from whazing_gateway.pipeline.core import Pipeline
+from whazing_gateway.pipeline.core import Pipeline, Result
 from whazing_gateway.pipeline.journal import JournalWriter
 from whazing_gateway.route.router import Router
 from whazing_gateway.state.memory import MemoryState
+
+if TYPE_CHECKING:
+    from whazing_gateway.config.reload import RulesWatcher
+    from whazing_gateway.edge.observer import Observer
+    from whazing_gateway.ops.server import OpsServer
 
 log = structlog.get_logger(__name__)
 
@@ -63,16 +68,17 @@ class Services:
             if self.child_mode and settings.storage_backend == "redis":  # the child has data_dir's spool
                 local = dataclasses.replace(settings, data_dir=Path(settings.data_dir) / "sender")
             self.outbox = open_outbox(local)
-        if worker:
-            from whazing_gateway.deliver.worker import WorkerProcess
+        from whazing_gateway.deliver.worker import WorkerProcess
 
+        self.sender: WorkerProcess | Sender
+        if worker:
             self.sender = WorkerProcess(settings.config_path, on_delivery=on_delivery)
         else:
             router = self.router
             assert router is not None and self.outbox is not None
-            self.sender = Sender(self.outbox, lambda: router.rules.targets,
-                                 per_ticket_order=settings.per_ticket_order)
-            self.sender.on_outcome = on_delivery
+            sender = Sender(self.outbox, lambda: router.rules.targets, per_ticket_order=settings.per_ticket_order)
+            sender.on_outcome = on_delivery
+            self.sender = sender
         self.feed: JournalWriter | Pipeline
         if self.child_mode:
             from whazing_gateway.pipeline.child import PipelineProcess, journal_dir
@@ -83,14 +89,20 @@ class Services:
         else:
             assert self.router is not None and self.outbox is not None
             self.inferrer = Inferrer(self.state)
+            notes = on_result
+
+            def summarized(result: Result) -> None:
+                if notes is not None:
+                    notes(result.summary())
+
             self.pipeline = Pipeline(self.inferrer, self.router.route, self.outbox.put,
                                      json_limit=settings.inspect_max_bytes,
-                                     on_result=on_result and (lambda r: on_result(r.summary())),
+                                     on_result=summarized if on_result is not None else None,
                                      wake=self.sender.wake)
             self.feed = self.pipeline
-        self.ops = None
-        self.watcher = None
-        self.observer = None
+        self.ops: OpsServer | None = None
+        self.watcher: RulesWatcher | None = None
+        self.observer: Observer | None = None
         self._start_task: asyncio.Task | None = None
 
     def start_soon(self) -> None:
