@@ -248,7 +248,7 @@ async def rest_load(url: str, seconds: float, warmup: float, concurrency: int, p
 
 
 async def ws_load(url: str, mode: str, seconds: float, warmup: float, clients: int, window_frames: int,
-                  run_id: str, rate: float = 0.0, pid: int | None = None) -> Sample:
+                  run_id: str, rate: float = 0.0, pid: int | None = None, on_frame=None) -> Sample:
     window = Window(pid)
     lat: list[float] = []
     errors = 0
@@ -271,6 +271,8 @@ async def ws_load(url: str, mode: str, seconds: float, warmup: float, clients: i
             text = msg.data
             if text[:2] == "42":
                 got += 1
+                if on_frame is not None:
+                    on_frame(i, text)
                 if window.measuring:
                     lat.append(time.time() - common.sent_at(text))
                 if got % half == 0 and not window.stopping:
@@ -318,11 +320,15 @@ async def drain(gw: GatewayProcess, receiver: Receiver, timeout: float) -> tuple
     """Wait until the pipeline has stopped producing and every routed webhook has arrived."""
     t0 = time.monotonic()
     last = None
+    stable = 0
     while True:
         c = await gateway_counters(gw)
         routed = c.get("deliveries_routed", 0.0)
+        # the pipeline process reports its counts every half second while busy: unchanged for
+        # two polls in a row (1 s) with nothing left in its journal means it is done
         state = (c.get("observations", 0.0), c.get("events", 0.0), routed)
-        if state == last and receiver.count() >= routed:
+        stable = stable + 1 if state == last else 0
+        if stable >= 2 and c.get("journal_bytes", 0.0) == 0 and receiver.count() >= routed:
             break
         if time.monotonic() - t0 > timeout:
             note(f"  drain: gave up after {timeout:.0f}s (received {receiver.count()} of {routed:.0f})")
@@ -420,9 +426,22 @@ async def idle_cpu(targets: dict[str, Target], seconds: float) -> dict[str, floa
     return {name: round(100 * (proc_cpu(pid) - before[name]) / wall, 2) for name, pid in pids.items()}
 
 
+def child_pids(gw: GatewayProcess | None) -> list[int]:
+    """The gateway's pipeline process and delivery worker (the latest of each), from its log."""
+    if gw is None:
+        return []
+    latest: dict[str, int] = {}
+    for r in gw.log_records():
+        if r.get("event") in ("pipeline.spawned", "deliver_worker.spawned"):
+            latest[r["event"]] = r["pid"]
+    return list(latest.values())
+
+
 async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> tuple[Sample, dict | None]:
     before = await gateway_counters(t.gateway) if t.gateway else None
     received0 = receiver.count()
+    children = child_pids(t.gateway)
+    children_cpu0 = sum(proc_cpu(p) for p in children)
     if wl == "rest":
         s = await rest_load(t.url, args.seconds, args.warmup, args.concurrency, t.pid)
     else:
@@ -438,7 +457,120 @@ async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> 
     work["delivered"] = receiver.count() - received0
     work["drain_s"] = drain_s
     work["drain_cpu_s"] = proc_cpu(t.pid) - cpu0
+    # what left the proxy's process still costs CPU: the pipeline process and delivery worker
+    work["children_cpu_s"] = sum(proc_cpu(p) for p in children) - children_cpu0
     return s, work
+
+
+# ---- long window: drops and frame-to-webhook lag over minutes ---------------------------------
+
+_MSG_ID = re.compile(r'"chat:create","payload":\{"id":"([^"]+)"')
+_WEBHOOK_TS = re.compile(r'"timestamp":\s*(\d{13})')
+_WEBHOOK_MSG = re.compile(r'"message":\{"id":"([^"]+)"')
+
+
+def received_messages(log: Path, offset: int) -> tuple[dict[str, float], int]:
+    """message.received webhooks in the receiver's log after `offset`: {message id: frame-to-webhook lag}."""
+    lags: dict[str, float] = {}
+    with open(log, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            wid, _, rest = raw.decode(errors="replace").partition("\t")
+            arrived, _, body = rest.partition("\t")
+            if "message.received" not in body:
+                continue
+            m = _WEBHOOK_TS.search(body)
+            mid = _WEBHOOK_MSG.search(body)
+            key = mid.group(1) if mid else wid
+            if m and key not in lags:
+                lags[key] = float(arrived) - int(m.group(1)) / 1000
+        end = f.tell()
+    return lags, end
+
+
+async def run_window(args, workdir: Path) -> dict:
+    """One workload for `--window` seconds through the gateway, then wait for the backlog: how
+    many message events were lost (frames the clients got vs message webhooks the receiver got),
+    records dropped, and frame-to-webhook lag (the frame's send time, carried in the message's
+    `timestamp`, to the webhook's arrival at the receiver)."""
+    wl = next((w for w in args.workloads if w in ("ws-mixed", "ws-worst")), "ws-mixed")
+    load_before = os.getloadavg()[0]
+    up_proc, up_port = start_with_port_file([sys.executable, "-m", "bench.common", "upstream"], workdir, "upstream")
+    upstream = f"http://127.0.0.1:{up_port}"
+    receiver = Receiver(workdir)
+    gw = None
+    try:
+        await wait_http(upstream, up_proc)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WHAZING_OBSERVER")}
+        gw = GatewayProcess(workdir / "gateway", upstream, rules_yaml(receiver.url), env=env)
+        await gw.start(timeout=60)
+        await wait_http(gw.url, gw.proc)
+        before = await gateway_counters(gw)
+        offset = receiver.log.stat().st_size if receiver.log.exists() else 0
+        messages: set[str] = set()
+
+        def on_frame(client: int, text: str) -> None:
+            if '"chat:create"' in text[:40]:
+                m = _MSG_ID.search(text[:120])
+                if m and not bool(re.search(r'"fromMe":true', text)):
+                    messages.add(m.group(1))
+
+        note(f"long window: {wl} for {args.window:g} s through {gw.url}")
+        t0 = time.monotonic()
+        s = await ws_load(gw.url, wl.removeprefix("ws-"), args.window, 0.0, args.ws_clients, args.ws_window,
+                          f"{os.getpid()}L", args.ws_rate, gw.proc.pid, on_frame=on_frame)
+        load_s = time.monotonic() - t0
+        note(f"  load done: {s.count} frames, {s.per_s:.0f}/s; {len(messages)} distinct inbound messages; draining")
+        # the backlog: until every message arrived or nothing moved for a minute
+        last, still_since = -1, time.monotonic()
+        t_drain = time.monotonic()
+        while True:
+            got, _ = received_messages(receiver.log, offset) if receiver.log.exists() else ({}, 0)
+            if messages <= got.keys():
+                break
+            if len(got) != last:
+                last, still_since = len(got), time.monotonic()
+            elif time.monotonic() - still_since > args.drain_timeout:
+                note(f"  drain: nothing new for {args.drain_timeout:.0f} s; stopping")
+                break
+            await asyncio.sleep(1.0)
+        drain_s = time.monotonic() - t_drain
+        after = await gateway_counters(gw)
+        lags = sorted(got.values())
+        delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in
+                 ("events", "records_dropped", "observations_dropped", "record_errors", "outbox_retries")}
+        return {
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+            "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "workload": wl, "window_s": args.window, "load_s": round(load_s, 1), "frames": s.count,
+            "frames_per_s": round(s.per_s, 1), "frame_p50_ms": round(s.p50_ms, 1), "frame_p99_ms": round(s.p99_ms, 1),
+            "proxy_cpu_us_per_frame": round(s.cpu_us, 1),
+            "messages_sent": len(messages), "messages_delivered": len(got),
+            # a message the clients saw with no webhook (the gateway may also deliver a few that
+            # the proxy passed on while the clients were closing: counted in delivered, not lost)
+            "messages_lost": len(messages - got.keys()), "drain_s": round(drain_s, 1),
+            "lag_p50_s": round(common.pct(lags, 50), 3) if lags else None,
+            "lag_p99_s": round(common.pct(lags, 99), 3) if lags else None,
+            "lag_max_s": round(lags[-1], 3) if lags else None,
+            **{k: round(v) for k, v in delta.items()},
+        }
+    finally:
+        if gw is not None:
+            await gw.stop()
+        stop_proc(receiver.proc)
+        stop_proc(up_proc)
+
+
+def window_text(r: dict) -> str:
+    return (f"{r['machine']}, load average {r['load_avg'][0]} before / {r['load_avg'][1]} after\n"
+            f"long window: {r['workload']} for {r['window_s']:g} s ({r['load_s']} s with the clients' last frames)\n\n"
+            "| frames | frames/s | frame p50 / p99 ms | proxy CPU/frame | inbound messages | webhooks received | lost "
+            "| records dropped | record errors | outbox retries | frame-to-webhook p50 / p99 / max s | drain s |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+            f"| {r['frames']} | {r['frames_per_s']:.0f} | {r['frame_p50_ms']} / {r['frame_p99_ms']} | "
+            f"{r['proxy_cpu_us_per_frame']:.0f} us | {r['messages_sent']} | {r['messages_delivered']} | "
+            f"{r['messages_lost']} | {r['records_dropped'] or r['observations_dropped']} | {r['record_errors']} | "
+            f"{r['outbox_retries']} | {r['lag_p50_s']} / {r['lag_p99_s']} / {r['lag_max_s']} | {r['drain_s']} |\n")
 
 
 # ---- profile --------------------------------------------------------------------------------
@@ -574,14 +706,17 @@ def markdown(result: dict) -> str:
                    f"{ratio(r['cpu_vs_mitmdump'])} | {' / '.join(f'{x:.0f}' for x in r['rounds'])} |")
     if result["gateway_work"]:
         out += ["", "Gateway work per run (median): observations decoded, events inferred, webhooks routed and"
-                " received, observations dropped (queue full), seconds (and gateway CPU seconds) to deliver"
-                " the backlog after the load stopped.", "",
-                "| config, workload | observations | events | routed | delivered | dropped | errors | drain s | drain CPU s |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                " received, observations dropped (no room), seconds (and proxy CPU seconds) to deliver"
+                " the backlog after the load stopped, CPU seconds of the pipeline process and delivery worker"
+                " over the run and the drain.", "",
+                "| config, workload | observations | events | routed | delivered | dropped | errors | drain s | drain CPU s "
+                "| pipeline + worker CPU s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for wl, w in result["gateway_work"].items():
             out.append(f"| {wl} | {w['observations']:.0f} | {w['events']:.0f} | {w['deliveries_routed']:.0f} | "
                        f"{w['delivered']:.0f} | {w['observations_dropped']:.0f} | "
-                       f"{w['stage_errors'] + w['decode_errors']:.0f} | {w['drain_s']:.1f} | {w['drain_cpu_s']:.2f} |")
+                       f"{w['stage_errors'] + w['decode_errors']:.0f} | {w['drain_s']:.1f} | {w['drain_cpu_s']:.2f} | "
+                       f"{w.get('children_cpu_s', 0):.2f} |")
     for wl, p in (result.get("profile") or {}).items():
         out += ["", f"Profile of {wl} ({p['per_s']:.0f}/s while sampled; "
                 f"GIL held {p.get('cpu_pct_of_core', 0)}% of the time, {p['samples']} samples), in % of wall time:", ""]
@@ -618,6 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of the proxies to profile (default gateway; e.g. mitmdump,gateway)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="seconds sampled per workload (default 10)")
     p.add_argument("--profile-top", type=int, default=15, help="functions listed per profile (default 15)")
+    p.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
+                   help="long-window mode: the first ws workload of --workloads (ws-mixed unless ws-worst is "
+                   "named) through the gateway for SECONDS (e.g. 600), then report message events lost, records "
+                   "dropped and frame-to-webhook lag p50/p99, counted at a real receiver")
     return p
 
 
@@ -633,6 +772,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds, args.warmup, args.rounds, args.idle_seconds = 0.5, 0.2, 1, 0.5
         args.profile_seconds = min(args.profile_seconds, 2.0)
+    if args.window:
+        with tempfile.TemporaryDirectory(prefix="wgw-bench-") as tmp:
+            workdir = Path(args.workdir or tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            wresult = asyncio.run(run_window(args, workdir))
+        sys.stdout.write(window_text(wresult))
+        if args.json:
+            Path(args.json).write_text(json.dumps(wresult, indent=2, default=str))
+        return 0 if wresult["messages_lost"] == 0 else 1
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,9 @@ class Settings:
     inspect_max_bytes: Size = setting("proxy.inspect_max_bytes", 1_048_576,
                                       "JSON bodies above this size are passed through without inspection.")
     max_flows: NonNegativeInt = setting("proxy.max_flows", 2000, "Flows kept in memory for the flow viewer.")
+    journal_max_bytes: Size = setting("proxy.journal_max_bytes", 1 << 30,
+                                      "Raw records waiting on disk for the pipeline process; past it they are dropped, "
+                                      "counted and logged.")
     per_ticket_order: Bool = setting("delivery.per_ticket_order", True,
                                      "Deliveries of one ticket go out in order, one at a time per target.")
     retry_schedule: Schedule = setting("delivery.retry_schedule", model.DEFAULT_RETRY_SCHEDULE,

@@ -1,9 +1,10 @@
 """The mitmproxy edge: the addon that `addons/gateway.py` hands to `mitmdump -s` / `mitmweb -s`.
 
 Hooks are the hot path of every request and every websocket frame: they only decide, with a
-prefix test or a route lookup, whether a record is worth reading, and hand it to the pipeline's
-queue. Everything else (decode, infer, route, outbox, delivery) runs in tasks beside the proxy,
-so the gateway can fail, stall or restart its delivery without the traffic noticing.
+prefix test or a route lookup, whether a record is worth reading, and hand the raw record to
+the journal's bounded buffer. Everything else (decode, infer, route, outbox writes) runs in the
+pipeline process and delivery in the delivery worker, so the gateway can fail, stall or
+restart without the traffic noticing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from whazing_gateway.config import running as running_values
 from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
 from whazing_gateway.ops import metrics
-from whazing_gateway.pipeline.core import Result, ThrottledLog
+from whazing_gateway.pipeline.core import ThrottledLog
 
 log = structlog.get_logger(__name__)
 
@@ -72,23 +73,25 @@ class FlowNotes:
     def track(self, flow) -> None:
         self.flows[flow.id] = flow
 
-    def on_result(self, result: Result) -> None:
-        flow = self.flows.get(result.record.flow_id)
+    def on_result(self, summary: dict) -> None:
+        """`summary`: `Result.summary()`, made where the pipeline runs (its own process)."""
+        flow = self.flows.get(summary["flow_id"])
         if flow is None:
             return
+        accepted = summary["accepted"]
         meta = flow.metadata.setdefault("whazing", {"events": [], "deliveries": {}})
         lines = flow.comment.splitlines() if flow.comment else []
-        for ev in result.events:
-            change = ", ".join(f"{k} {a}->{b}" for k, (a, b) in ev.changes.items())
-            lines.append(f"{ev.type} #{ev.ticket_id}" + (f" {change}" if change else "")
-                         + (f" ({ev.origin})" if ev.origin else ""))
-            meta["events"].append({"id": ev.id, "type": ev.type, "ticket": ev.ticket_id,
-                                   "changes": {k: list(v) for k, v in ev.changes.items()}})
-        for d in result.deliveries:
-            meta["deliveries"][d.id] = {"target": d.target, "event": d.event_type,
-                                        "status": "queued" if result.accepted else "not accepted"}
-            lines.append(f"  -> {d.target}: {'queued' if result.accepted else 'NOT ACCEPTED (outbox error)'} [{d.id}]")
-            self.by_delivery[d.id] = flow.id
+        for ev in summary["events"]:
+            change = ", ".join(f"{k} {a}->{b}" for k, (a, b) in ev["changes"].items())
+            lines.append(f"{ev['type']} #{ev['ticket']}" + (f" {change}" if change else "")
+                         + (f" ({ev['origin']})" if ev.get("origin") else ""))
+            meta["events"].append({"id": ev["id"], "type": ev["type"], "ticket": ev["ticket"],
+                                   "changes": ev["changes"]})
+        for d in summary["deliveries"]:
+            meta["deliveries"][d["id"]] = {"target": d["target"], "event": d["event"],
+                                           "status": "queued" if accepted else "not accepted"}
+            lines.append(f"  -> {d['target']}: {'queued' if accepted else 'NOT ACCEPTED (outbox error)'} [{d['id']}]")
+            self.by_delivery[d["id"]] = flow.id
             if len(self.by_delivery) > 100_000:
                 self.by_delivery.pop(next(iter(self.by_delivery)))
         # A websocket flow (the observer's, an agent's tab) lives for days: keep its details bounded.
@@ -173,6 +176,7 @@ class Gateway:
         self.recording = False
         self.limit: FlowLimit | None = None
         self.errors = ThrottledLog()
+        self.frame_limit = 1 << 20
 
     # -- options -----------------------------------------------------------------------------
     def load(self, loader) -> None:
@@ -210,6 +214,7 @@ class Gateway:
         # they would only cost time on every event.
         self.annotate = view is not None or self.recording
         notes = self.notes if self.annotate else None
+        self.frame_limit = self.settings.inspect_max_bytes
         self.services = Services(self.settings, on_result=notes and notes.on_result,
                                  on_delivery=notes and notes.on_delivery)
         self.services.start_soon()
@@ -223,7 +228,7 @@ class Gateway:
     def _submit(self, flow, record) -> None:
         if self.annotate:
             self.notes.track(flow)
-        self.services.pipeline.submit(record)
+        self.services.feed.submit(record)
 
     def request(self, flow) -> None:
         if self.services is None:
@@ -252,7 +257,10 @@ class Gateway:
             messages = flow.websocket.messages
             msg = messages[-1]
             if wants_frame(msg):
-                self._submit(flow, traffic.frame_record(flow.id, msg))
+                if len(msg.content) > self.frame_limit:  # like bodies: too big to read, passed on
+                    metrics.UNINSPECTED.labels("frame").inc()
+                else:
+                    self._submit(flow, traffic.frame_record(flow.id, msg))
             if len(messages) > WS_KEEP_MESSAGES and not self.recording:
                 del messages[: len(messages) - WS_KEEP_MESSAGES]
         except Exception as exc:

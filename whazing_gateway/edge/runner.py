@@ -26,6 +26,9 @@ def mitmproxy_options(settings, web: bool) -> dict:
         "block_global": False,
         # Above this size bodies are streamed through, not held in memory (and not inspected).
         "stream_large_bodies": settings.stream_large_bodies,
+        # Connect upstream when a request arrives, not when a client connects: with the upstream
+        # down, mitmproxy then answers `502 Bad Gateway` (eager mode closes the connection empty).
+        "connection_strategy": "lazy",
         "whazing_config": str(settings.config_path),
     }
     if web:
@@ -35,6 +38,25 @@ def mitmproxy_options(settings, web: bool) -> dict:
         if settings.web_password:
             opts["web_password"] = settings.web_password
     return opts
+
+
+def show_on_terminal(text: str) -> bool:
+    """Write `text` to the controlling terminal, never to a redirected stderr (the log stream).
+
+    True if a terminal took it: stderr itself when it is a tty, else /dev/tty."""
+    try:
+        if sys.stderr.isatty():
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(text)
+        return True
+    except OSError:  # no controlling terminal (a service, a container without -t)
+        return False
 
 
 async def _serve(settings, web: bool, extra: list[str]) -> int:
@@ -69,14 +91,18 @@ async def _serve(settings, web: bool, extra: list[str]) -> int:
         if settings.web_password:
             log.info("flow viewer", url=url, auth="web.password from gateway.yaml")
         else:
-            # The log masks tokens (mitmweb's own startup line included): the random token is
-            # written once to the terminal, outside the log, as mitmweb itself does.
+            # The random token goes to the terminal only: never to the log stream, which is
+            # stderr too and is often collected (journald, docker logs). No terminal, no token.
             token = secrets.token_hex(16)
             opts.update(web_password=token)
-            sys.stderr.write(f"flow viewer: {url}?token={token}  (random token; set web.password "
-                             f"in gateway.yaml for a fixed one)\n")
-            sys.stderr.flush()
-            log.info("flow viewer", url=url, auth="random token, printed on the terminal at start")
+            from whazing_gateway.ops.logs import register_secret
+
+            register_secret(token)
+            shown = show_on_terminal(f"flow viewer: {url}?token={token}  (random token; set web.password "
+                                     f"in gateway.yaml for a fixed one)\n")
+            log.info("flow viewer", url=url,
+                     auth="random token, printed on the terminal at start" if shown else
+                     "random token NOT shown (no terminal): set web.password in gateway.yaml")
     await master.run()
     return 0
 

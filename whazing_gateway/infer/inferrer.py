@@ -158,6 +158,23 @@ class Inferrer:
             await self.state.set(key, value, ttl)
         return first
 
+    # -- uncommitted writes: per-record containment and outbox refusals (pipeline/core.py) --------
+    def savepoint(self) -> tuple[int, dict[str, Any]]:
+        """Where the uncommitted writes stand, to undo one record that failed half-way."""
+        return len(self._writes), dict(self._overlay)
+
+    def rollback(self, savepoint: tuple[int, dict[str, Any]]) -> None:
+        del self._writes[savepoint[0]:]
+        self._overlay = savepoint[1]
+
+    def forget(self, start: int, end: int) -> None:
+        """Drop the writes of one record of the batch (its deliveries were refused): never committed."""
+        del self._writes[start:end]
+
+    def discard(self) -> None:
+        """Forget every uncommitted write: the outbox never took these events."""
+        self._writes, self._overlay = [], {}
+
     async def _get(self, key: str) -> Any:
         if key in self._overlay:
             return self._overlay[key]

@@ -112,3 +112,103 @@ SPOOL_SIZE = Gauge(
     "Deliveries waiting in the local spool for Redis to come back (Redis backend)",
     registry=REGISTRY,
 )
+RECORD_ERRORS = Counter(
+    "whazing_gateway_record_errors_total",
+    "Records whose decode, inference or routing raised: only that record is lost (stage, error type)",
+    ["stage", "error"],
+    registry=REGISTRY,
+)
+OUTBOX_RETRIES = Counter(
+    "whazing_gateway_outbox_retries_total",
+    "Outbox writes retried after a failure (locked, disk full): the events wait, not yet accepted",
+    registry=REGISTRY,
+)
+EVENTS_REJECTED = Counter(
+    "whazing_gateway_events_rejected_total",
+    "Events never accepted: the outbox refused their data for good, or the gateway stopped while "
+    "the outbox kept failing",
+    ["reason"],
+    registry=REGISTRY,
+)
+RECORDS_DROPPED = Counter(
+    "whazing_gateway_records_dropped_total",
+    "Raw records dropped for lack of room (memory: the proxy's buffer; journal: its disk bound)",
+    ["reason"],
+    registry=REGISTRY,
+)
+UNINSPECTED = Counter(
+    "whazing_gateway_uninspected_total",
+    "Frames larger than inspect_max_bytes, passed through without being read",
+    ["kind"],
+    registry=REGISTRY,
+)
+JOURNAL_BYTES = Gauge(
+    "whazing_gateway_journal_bytes",
+    "Bytes of raw records in the on-disk journal not yet consumed by the pipeline process",
+    registry=REGISTRY,
+)
+PIPELINE_LAG = Gauge(
+    "whazing_gateway_pipeline_lag_seconds",
+    "Age of the last record the pipeline process committed, when it committed it",
+    registry=REGISTRY,
+)
+PIPELINE_RESTARTS = Counter(
+    "whazing_gateway_pipeline_restarts_total",
+    "Restarts of the pipeline process (decode, infer, route, outbox writes)",
+    registry=REGISTRY,
+)
+
+
+# -- mirroring a child process's metrics into this process's registry ---------------------------
+# The pipeline runs in a child process; /metrics is served by the proxy's process. The child
+# sends its counters (and the gauges below) as plain values; the parent adds the increase since
+# the child's previous report, so the parent's own counts (hooks, drops) stay in the same series.
+CHILD_GAUGES = ("whazing_gateway_spool_size", "whazing_gateway_pipeline_lag_seconds",
+                "whazing_gateway_journal_bytes")
+
+
+def _by_name() -> dict[str, Counter | Gauge]:
+    out: dict[str, Counter | Gauge] = {}
+    for value in list(globals().values()):
+        if isinstance(value, (Counter, Gauge)):
+            out[next(iter(value.describe())).name] = value
+    return out
+
+
+def snapshot() -> list[list]:
+    """[name, labels, value] of every counter sample with a value, and of CHILD_GAUGES."""
+    out: list[list] = []
+    for family in REGISTRY.collect():
+        if family.type == "counter":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    out.append([family.name, sample.labels, sample.value])
+        elif family.type == "gauge" and family.name in CHILD_GAUGES:
+            for sample in family.samples:
+                out.append([family.name, sample.labels, sample.value])
+    return out
+
+
+class Mirror:
+    """Applies a child's successive snapshots; `reset()` when a new child starts from zero."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, float] = {}
+        self._metrics = _by_name()
+
+    def reset(self) -> None:
+        self._last.clear()
+
+    def apply(self, snap: list[list]) -> None:
+        for name, labels, value in snap:
+            metric = self._metrics.get(name)
+            if metric is None:
+                continue
+            if isinstance(metric, Gauge):
+                (metric.labels(**labels) if labels else metric).set(value)
+                continue
+            key = (name, tuple(sorted(labels.items())))
+            delta = value - self._last.get(key, 0.0)
+            self._last[key] = value
+            if delta > 0:
+                (metric.labels(**labels) if labels else metric).inc(delta)

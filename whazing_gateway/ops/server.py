@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -178,6 +179,31 @@ def tcp_listening(host: str, port: int | Callable[[], int | None], timeout: floa
         except OSError:
             pass
         return True, f"{target}:{p}"
+
+    return check
+
+
+def upstream_reachable(url: str, timeout: float = 2.0) -> Check:
+    """Check that the upstream (Whazing) accepts a TCP connection: a cheap probe, no request.
+
+    While it fails, clients get `502 Bad Gateway` from the proxy; /readyz says why."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+
+    async def check() -> tuple[bool, str]:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except asyncio.TimeoutError:
+            return False, f"upstream {host}:{port} unreachable: no answer in {timeout:g}s"
+        except OSError as exc:
+            return False, f"upstream {host}:{port} unreachable: {exc.strerror or type(exc).__name__}"
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return True, f"{host}:{port}"
 
     return check
 

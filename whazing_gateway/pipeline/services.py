@@ -1,4 +1,4 @@
-"""The gateway's services for the life of one proxy: state, pipeline, outbox, sender, side port.
+"""The gateway's services for the life of one proxy: journal, pipeline process, sender, side port.
 
 Kept out of the mitmproxy addon so `replay`, the demo and tests assemble the same pieces.
 Start order follows the data path backwards (outbox before the pipeline that writes to it);
@@ -8,19 +8,27 @@ stop order drains forwards (pipeline, then sender, then outbox).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
 from whazing_gateway.config import Settings
 from whazing_gateway.config.reload import initial_rules, register_rule_secrets
-from whazing_gateway.deliver.media import MediaFetcher
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.pipeline.core import Pipeline, Result
+from whazing_gateway.pipeline.journal import JournalWriter
+from whazing_gateway.deliver.media import MediaFetcher
 from whazing_gateway.route.router import Router
 from whazing_gateway.state.memory import MemoryState
+
+if TYPE_CHECKING:
+    from whazing_gateway.config.reload import RulesWatcher
+    from whazing_gateway.edge.observer import Observer
+    from whazing_gateway.ops.server import OpsServer
 
 log = structlog.get_logger(__name__)
 
@@ -34,65 +42,114 @@ def make_state(settings: Settings):
 
 
 class Services:
+    """What runs beside the proxy. With a config file (`whazing-gateway run`, `mitmdump -s`):
+    the hooks feed the journal (`feed`), the pipeline runs in its own process and the sender in
+    the delivery worker. Without one (embedded, tests): the same stages run in this process."""
+
     def __init__(
         self,
         settings: Settings,
         *,
-        on_result: Callable[[Result], None] | None = None,
+        on_result: Callable[[dict], None] | None = None,
         on_delivery: Callable[[str, str, str, str], None] | None = None,
     ) -> None:
         from whazing_gateway.outbox import open_outbox
 
         self.settings = settings
-        self.state = make_state(settings)
-        self.router = Router(initial_rules(settings), self.state, MediaFetcher.from_settings(settings))
-        self.inferrer = Inferrer(self.state)
-        self.outbox = open_outbox(settings)
-        if settings.delivery_worker == "process" and settings.config_path is not None:
-            from whazing_gateway.deliver.worker import WorkerProcess
+        self.child_mode = settings.config_path is not None
+        worker = settings.delivery_worker == "process" and settings.config_path is not None
+        self.router: Router | None = None
+        self.outbox = None
+        self.pipeline: Pipeline | None = None
+        self.pipeline_process = None
+        if not self.child_mode or not worker:  # this process routes or sends: it needs the rules
+            self.state = make_state(settings)
+            self.router = Router(initial_rules(settings), self.state, MediaFetcher.from_settings(settings))
+            local = settings
+            if self.child_mode and settings.storage_backend == "redis":  # the child has data_dir's spool
+                local = dataclasses.replace(settings, data_dir=Path(settings.data_dir) / "sender")
+            self.outbox = open_outbox(local)
+        from whazing_gateway.deliver.worker import WorkerProcess
 
+        self.sender: WorkerProcess | Sender
+        if worker:
             self.sender = WorkerProcess(settings.config_path, on_delivery=on_delivery)
         else:
-            self.sender = Sender(self.outbox, lambda: self.router.rules.targets,
-                                 per_ticket_order=settings.per_ticket_order)
-            self.sender.on_outcome = on_delivery
-        self.pipeline = Pipeline(self.inferrer, self.router.route, self.outbox.put,
-                                 json_limit=settings.inspect_max_bytes, on_result=on_result,
-                                 wake=self.sender.wake)
-        self.ops = None
-        self.watcher = None
-        self.observer = None
+            router = self.router
+            assert router is not None and self.outbox is not None
+            sender = Sender(self.outbox, lambda: router.rules.targets, per_ticket_order=settings.per_ticket_order)
+            sender.on_outcome = on_delivery
+            self.sender = sender
+        self.feed: JournalWriter | Pipeline
+        if self.child_mode:
+            from whazing_gateway.pipeline.child import PipelineProcess, journal_dir
+
+            self.feed = JournalWriter(journal_dir(settings), max_bytes=settings.journal_max_bytes)
+            self.pipeline_process = PipelineProcess(settings.config_path, annotate=on_result is not None,
+                                                    on_result=on_result, wake=self.sender.wake)
+        else:
+            assert self.router is not None and self.outbox is not None
+            self.inferrer = Inferrer(self.state)
+            notes = on_result
+
+            def summarized(result: Result) -> None:
+                if notes is not None:
+                    notes(result.summary())
+
+            self.pipeline = Pipeline(self.inferrer, self.router.route, self.outbox.put,
+                                     json_limit=settings.inspect_max_bytes,
+                                     on_result=summarized if on_result is not None else None,
+                                     wake=self.sender.wake)
+            self.feed = self.pipeline
+        self.ops: OpsServer | None = None
+        self.watcher: RulesWatcher | None = None
+        self.observer: Observer | None = None
         self._start_task: asyncio.Task | None = None
 
     def start_soon(self) -> None:
-        """From a sync hook (mitmproxy's `running`): the queue accepts records at once."""
+        """From a sync hook (mitmproxy's `running`): the feed accepts records at once."""
+        if isinstance(self.feed, JournalWriter) and not self.feed.started:
+            self.feed.start()
         self._start_task = asyncio.get_running_loop().create_task(self.start())
+
+    def outbox_health(self) -> tuple[bool, str]:
+        if self.pipeline_process is not None:
+            return self.pipeline_process.health()
+        assert self.outbox is not None
+        return self.outbox.healthy, self.outbox.last_error or "ok"
 
     async def start(self) -> None:
         s = self.settings
         os.makedirs(s.data_dir, exist_ok=True)
-        try:
-            await self.outbox.open()
-        except Exception as exc:  # the proxy keeps passing traffic; /readyz says why
-            log.error("outbox could not be opened: events are inferred but not accepted", error=repr(exc))
+        if self.outbox is not None:
+            try:
+                await self.outbox.open()
+            except Exception as exc:  # the proxy keeps passing traffic; /readyz says why
+                log.error("outbox could not be opened: events are inferred but not accepted", error=repr(exc))
         if isinstance(self.sender, Sender):
             await self.sender.start()
         else:
             self.sender.start()  # the worker process is spawned and supervised by a task
-        self.pipeline.start()
+        if self.pipeline_process is not None:
+            if isinstance(self.feed, JournalWriter) and not self.feed.started:
+                self.feed.start()
+            self.pipeline_process.start()
+        elif self.pipeline is not None:
+            self.pipeline.start()
         if s.metrics_port:
-            from whazing_gateway.ops.server import OpsServer, directory_writable, tcp_listening
+            from whazing_gateway.ops.server import OpsServer, directory_writable, tcp_listening, upstream_reachable
 
             self.ops = OpsServer(s.metrics_host, s.metrics_port)
             self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
-            self.ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
+            self.ops.add_check("upstream", upstream_reachable(s.upstream))
+            self.ops.add_check("outbox", self.outbox_health)
             self.ops.add_check("data_dir", directory_writable(s.data_dir))
             try:
                 await self.ops.start()
             except OSError as exc:
                 log.error("metrics port unavailable", port=s.metrics_port, error=str(exc))
                 self.ops = None
-        if s.rules_reload_s:
+        if s.rules_reload_s and self.router is not None:
             from whazing_gateway.config.reload import RulesWatcher
 
             self.watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
@@ -104,7 +161,8 @@ class Services:
         if self.observer is not None:
             self.observer.start()
         log.info("gateway started", upstream=s.upstream, listen=f"{s.listen_host}:{s.listen_port}",
-                 storage=s.storage_backend, targets=len(self.router.rules.targets),
+                 storage=s.storage_backend,
+                 pipeline="own process" if self.pipeline_process is not None else "in the proxy",
                  observer="on" if self.observer else "off (no credentials: browser traffic only)")
 
     async def stop(self) -> None:
@@ -114,8 +172,14 @@ class Services:
             await self.observer.stop()
         if self.watcher is not None:
             await self.watcher.stop()
-        await self.pipeline.stop()
+        if isinstance(self.feed, JournalWriter):
+            await asyncio.to_thread(self.feed.stop)  # every buffered record to the journal...
+        if self.pipeline_process is not None:
+            await self.pipeline_process.stop()  # ...which the pipeline process reads, then stops
+        if self.pipeline is not None:
+            await self.pipeline.stop()
         await self.sender.stop()
         if self.ops is not None:
             await self.ops.stop()
-        await self.outbox.close()
+        if self.outbox is not None:
+            await self.outbox.close()

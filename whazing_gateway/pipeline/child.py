@@ -1,0 +1,386 @@
+"""The pipeline process: decode -> infer -> route -> outbox writes, out of the proxy's process.
+
+The proxy's hooks only append raw records to the journal (`pipeline/journal.py`); this child
+of the gateway tails it in order, runs the same `Pipeline` as `replay`, and checkpoints its
+journal position after each outbox commit. A pathological record (a huge body, a slow rule)
+costs this process's time, never the proxy's event loop; a crash of this process loses
+nothing (the journal is read again from the checkpoint; event ids derive from the change).
+
+It is separate from the delivery worker (`deliver/worker.py`): a stalled or crashing pipeline
+never delays webhooks already accepted, a slow receiver never delays acceptance, and on a
+2-core machine the two use both cores.
+
+Pipes, as for the delivery worker:
+- parent -> child (stdin): EOF means "stop once the journal is read" (the parent is stopping);
+  the child also gets SIGTERM if the parent dies (then it stops at once).
+- child -> parent (stdout): JSON lines: `{"w":1}` deliveries accepted (wake the sender),
+  `{"r":{...}}` a result for the flow viewer (with --annotate), `{"m":[...],"o":[ok,error]}`
+  its metrics and the outbox's health, every half second while busy.
+Logs (the `event` lines included) go to stderr, the parent's stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from whazing_gateway.ops import metrics
+
+log = structlog.get_logger(__name__)
+
+STATUS_INTERVAL_S = 0.5
+WAKE_EVERY_S = 0.02
+# The pipeline process yields the CPU to the proxy when both want it: under saturation records
+# wait in the journal (lag grows) instead of the traffic slowing down; they are read once the
+# load eases.
+NICE = 10
+DRAIN_TIMEOUT_S = 10.0
+
+
+def journal_dir(settings) -> Path:
+    return Path(settings.data_dir) / "journal"
+
+
+def _emit(record: dict) -> None:
+    sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+async def _lock(directory: Path, stopping: asyncio.Event):
+    """One consumer per journal: a previous child (its parent killed) may still be exiting."""
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    waited = False
+    while not stopping.is_set():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not waited:
+                log.info("pipeline.waiting_for_journal_lock")
+                waited = True
+            await asyncio.sleep(0.1)
+    os.close(fd)
+    return None
+
+
+async def _open_outbox(outbox, stopping: asyncio.Event) -> None:
+    delay = 0.5
+    while not stopping.is_set():
+        try:
+            await outbox.open()
+            return
+        except Exception as exc:
+            log.error("outbox could not be opened: records wait in the journal", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class Consumer:
+    """Reads the journal, runs batches through the pipeline, checkpoints after each commit."""
+
+    def __init__(self, reader, pipeline, report) -> None:
+        self.reader = reader
+        self.pipeline = pipeline
+        self.report = report
+        self.busy_at = 0.0
+        self.caught_up = asyncio.Event()
+        self.wake_pending = False
+        self._flush_handle: asyncio.TimerHandle | None = None
+        pipeline.wake = self.request_wake
+
+    def request_wake(self) -> None:
+        self.wake_pending = True
+
+    def _after_commit(self) -> None:
+        """Counts first, then the wake: by the time a webhook is out, /metrics counts its event.
+        At most one such pair per WAKE_EVERY_S: under load the parent's loop reads few lines."""
+        self.busy_at = time.monotonic()
+        if not self.wake_pending or self._flush_handle is not None:
+            return
+        wait = self.report.sent_at + WAKE_EVERY_S - self.busy_at
+        if wait > 0:
+            self._flush_handle = asyncio.get_running_loop().call_later(wait, self._flush)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self.wake_pending:
+            self.wake_pending = False
+            self.report()
+            _emit({"w": 1})
+
+    async def run(self) -> None:
+        from whazing_gateway.pipeline.core import GaveUp
+
+        idle = 0
+        while True:
+            items = self.reader.read(self.pipeline.max_batch)
+            if not items:
+                self.caught_up.set()
+                idle += 1
+                # caught up: poll often right after traffic, then every 50 ms (idle CPU ~0)
+                await asyncio.sleep(0.002 if idle < 50 else 0.01 if idle < 150 else 0.05)
+                continue
+            self.caught_up.clear()
+            idle = 0
+            self.busy_at = time.monotonic()
+            records = [record for record, _ in items]
+            try:
+                await self.pipeline.process_batch(records)
+            except GaveUp:  # stopping while the outbox fails: read again at the next start
+                self.reader.rewind()
+                return
+            except Exception as exc:  # a bug: skip the batch rather than loop on it forever
+                metrics.STAGE_ERRORS.labels("pipeline").inc()
+                log.error("unexpected error in the pipeline: batch skipped", error=repr(exc),
+                          records=len(records), flow_id=records[0].flow_id)
+            self.reader.commit(items[-1][1])
+            metrics.PIPELINE_LAG.set(max(0.0, time.time() - records[-1].ts))
+            self._after_commit()
+
+
+class Reporter:
+    """The child's metrics and outbox health, to the parent: after each batch that accepted
+    deliveries, and every half second while busy (every 5 s when idle)."""
+
+    def __init__(self, outbox) -> None:
+        self.outbox = outbox
+        self.sent_at = 0.0
+        self._last: dict[tuple, float] = {}
+
+    def __call__(self) -> None:
+        """Only the values that changed since the last report (the parent keeps the rest)."""
+        self.sent_at = time.monotonic()
+        changed = []
+        for name, labels, value in metrics.snapshot():
+            key = (name, tuple(sorted(labels.items())))
+            if self._last.get(key) != value:
+                self._last[key] = value
+                changed.append([name, labels, value])
+        _emit({"m": changed, "o": [self.outbox.healthy, self.outbox.last_error]})
+
+    async def run(self, reader, consumer: Consumer) -> None:
+        periodic_at = 0.0
+        health = None
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            now_health = (self.outbox.healthy, self.outbox.last_error)
+            if (consumer.busy_at < periodic_at and now_health == health
+                    and time.monotonic() - periodic_at < 5.0):
+                continue  # nothing new since the last full report
+            health = now_health
+            periodic_at = time.monotonic()
+            try:
+                metrics.JOURNAL_BYTES.set(await asyncio.to_thread(reader.backlog_bytes))
+            except OSError:
+                pass
+            self()
+
+
+async def _read_stdin(on_eof) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.readline():
+        pass
+    on_eof()
+
+
+async def serve(settings, annotate: bool) -> int:
+    from whazing_gateway.config.reload import RulesWatcher, initial_rules, register_rule_secrets
+    from whazing_gateway.deliver.media import MediaFetcher
+    from whazing_gateway.infer.inferrer import Inferrer
+    from whazing_gateway.outbox import open_outbox
+    from whazing_gateway.pipeline.core import Pipeline
+    from whazing_gateway.pipeline.journal import JournalReader, open_dir
+    from whazing_gateway.pipeline.services import make_state
+    from whazing_gateway.route.router import Router
+
+    loop = asyncio.get_running_loop()
+    stop_now = asyncio.Event()  # SIGTERM (the parent died): stop at once, the journal keeps the rest
+    drain = asyncio.Event()  # stdin closed / SIGINT: read what the journal holds, then stop
+    loop.add_signal_handler(signal.SIGTERM, stop_now.set)
+    loop.add_signal_handler(signal.SIGINT, drain.set)
+    stdin_task = asyncio.create_task(_read_stdin(drain.set))
+
+    directory = open_dir(journal_dir(settings))
+    lock = await _lock(directory, stop_now)
+    if lock is None:
+        return 0
+    state = make_state(settings)
+    router = Router(initial_rules(settings), state, MediaFetcher.from_settings(settings))
+    register_rule_secrets(router.rules)
+    outbox = open_outbox(settings)
+    await _open_outbox(outbox, stop_now)
+    reader = JournalReader(directory)
+    pipeline = Pipeline(Inferrer(state), router.route, outbox.put, json_limit=settings.inspect_max_bytes,
+                        on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
+    reporter = Reporter(outbox)
+    consumer = Consumer(reader, pipeline, reporter)
+    watcher = None
+    if settings.rules_reload_s:
+        watcher = RulesWatcher(router, settings.rules_dir, settings=settings, interval_s=settings.rules_reload_s,
+                               on_reload=register_rule_secrets)
+        watcher.start()
+    tasks = [asyncio.create_task(consumer.run(), name="pipeline-consumer"),
+             asyncio.create_task(reporter.run(reader, consumer), name="pipeline-status")]
+    reporter()  # the parent's /readyz waits for this first report
+    log.info("pipeline.started", pid=os.getpid(), storage=settings.storage_backend,
+             targets=len(router.rules.targets), journal_from=f"{reader.position.seq}:{reader.position.offset}")
+    stop_task = asyncio.create_task(stop_now.wait())
+    drain_task = asyncio.create_task(drain.wait())
+    await asyncio.wait([stop_task, drain_task, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
+    if drain.is_set() and not stop_now.is_set() and not tasks[0].done():
+        # the parent wrote its last records before closing the pipe: read them, then stop
+        await asyncio.sleep(0.05)
+        caught = asyncio.create_task(consumer.caught_up.wait())
+        consumer.caught_up.clear()
+        await asyncio.wait([caught, stop_task], timeout=DRAIN_TIMEOUT_S)
+        caught.cancel()
+    pipeline.stopping = True
+    for t in (*tasks, stdin_task, stop_task, drain_task):
+        t.cancel()
+    await asyncio.gather(*tasks, stdin_task, stop_task, drain_task, return_exceptions=True)
+    if watcher is not None:
+        await watcher.stop()
+    reader.close()
+    try:
+        reporter()
+    except (OSError, ValueError):
+        pass
+    await outbox.close()
+    os.close(lock)
+    log.info("pipeline.stopped", pid=os.getpid())
+    return 0
+
+
+# ---- the parent's side -------------------------------------------------------------------------
+
+
+class PipelineProcess:
+    """Starts the pipeline process, restarts it with backoff, mirrors what it reports."""
+
+    def __init__(self, config_path, *, annotate: bool = False, on_result=None, wake=None) -> None:
+        self.config_path = str(config_path)
+        self.annotate = annotate
+        self.on_result = on_result
+        self.wake = wake
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        # not ready until the process has started and opened the outbox (its first report)
+        self.outbox_ok: tuple[bool, str] = (False, "pipeline process starting")
+        self.mirror = metrics.Mirror()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def health(self) -> tuple[bool, str]:
+        if not self.alive:
+            return False, f"pipeline process not running (restarts: {self.restarts})"
+        return self.outbox_ok
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pipeline-process")
+
+    async def _spawn(self) -> None:
+        args = [sys.executable, "-m", "whazing_gateway.pipeline.child", "--config", self.config_path,
+                "--parent-pid", str(os.getpid())]
+        if self.annotate:
+            args.append("--annotate")
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=16 << 20)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            await self._spawn()
+            assert self.proc is not None and self.proc.stdout is not None
+            self.mirror.reset()  # a new process counts from zero
+            self.outbox_ok = (False, "pipeline process starting")
+            log.info("pipeline.spawned", pid=self.proc.pid)
+            async for line in self.proc.stdout:
+                self._handle(line)
+                backoff = 1.0
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            metrics.PIPELINE_RESTARTS.inc()
+            log.error("pipeline.died: restarting; records wait in the journal", returncode=code, retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            rec = json.loads(line)
+            if "w" in rec:
+                if self.wake is not None:
+                    self.wake()
+            elif "r" in rec:
+                if self.on_result is not None:
+                    self.on_result(rec["r"])
+            elif "m" in rec:
+                self.mirror.apply(rec["m"])
+                ok, error = rec["o"]
+                self.outbox_ok = (bool(ok), "ok" if ok else str(error))
+        except Exception as exc:  # a garbled line must not stop the mirror
+            log.warning("pipeline.bad_report", error=repr(exc), line=line[:200])
+
+    async def stop(self, timeout_s: float = DRAIN_TIMEOUT_S + 5.0) -> None:
+        """Close its stdin (it reads what the journal holds, then stops); kill it if stuck."""
+        self._stopping = True
+        if self.alive and self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 2.0)  # the last reports (final metrics)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                self._task.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from whazing_gateway.config import ConfigError, load_settings
+    from whazing_gateway.deliver.worker import _die_with_parent
+    from whazing_gateway.ops.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m whazing_gateway.pipeline.child",
+                                     description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
+    parser.add_argument("--annotate", action="store_true", help="report results for the flow viewer")
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    configure_logging(settings.log_format, settings.log_level, stream=sys.stderr)
+    return asyncio.run(serve(settings, args.annotate))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
