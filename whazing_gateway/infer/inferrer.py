@@ -39,11 +39,11 @@ class InferSettings:
 
 
 def _ts(iso: Any) -> float | None:
-    if not isinstance(iso, str):
+    if not isinstance(iso, str) or len(iso) > 64:
         return None
     try:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # junk, or a date no clock can hold
         return None
 
 
@@ -62,6 +62,25 @@ def event_time(payload_time: Any, observed: float) -> float:
     if t is None or abs(t - observed) > MAX_CLOCK_SKEW_S:
         return observed
     return t
+
+
+# A message id: an integer, or WhatsApp's id string; anything else (objects, huge strings) is not one.
+MAX_MESSAGE_ID_CHARS = 256
+
+
+def _is_message_id(mid: Any) -> bool:
+    if isinstance(mid, bool):
+        return False
+    if isinstance(mid, int):
+        return as_int(mid) is not None
+    return isinstance(mid, str) and 0 < len(mid) <= MAX_MESSAGE_ID_CHARS
+
+
+def _phone(number: Any) -> str | None:
+    """A contact number usable as a state key (a short string or integer), else None."""
+    if isinstance(number, int) and not isinstance(number, bool):
+        number = str(number)
+    return number if isinstance(number, str) and 0 < len(number) <= 64 else None
 
 
 def _is_ticket(obj: Any) -> bool:
@@ -211,8 +230,8 @@ class Inferrer:
         ttl = self.settings.hint_ttl_s
         if call.kind == routes.TICKET_CREATE and as_int(body.get("contactId")) is not None:
             self._set(f"hint:c:{as_int(body.get('contactId'))}", True, ttl)
-        elif call.kind == routes.EXT_CREATE_TICKET and body.get("number"):
-            self._set(f"hint:n:{body.get('number')}", True, ttl)
+        elif call.kind == routes.EXT_CREATE_TICKET and _phone(body.get("number")):
+            self._set(f"hint:n:{_phone(body.get('number'))}", True, ttl)
 
     # -- tickets -------------------------------------------------------------------------------
     @staticmethod
@@ -224,7 +243,8 @@ class Inferrer:
         cid = as_int(ticket.get("contactId")) or as_int(contact.get("id"))
         if cid is not None and await self._get(f"hint:c:{cid}"):
             return model.ORIGIN_AGENT
-        if contact.get("number") and await self._get(f"hint:n:{contact.get('number')}"):
+        number = _phone(contact.get("number"))
+        if number and await self._get(f"hint:n:{number}"):
             return model.ORIGIN_AGENT
         if ticket.get("isActiveDemand") is True and ticket.get("isCreated") is not True:
             return model.ORIGIN_AGENT
@@ -288,7 +308,7 @@ class Inferrer:
         self, message: Mapping[str, Any], tenant_id: int | None, ts: float, flow_id: str | None
     ) -> list[Event]:
         mid = message.get("id") or message.get("messageId")
-        if mid is None or not isinstance(message.get("fromMe"), bool):
+        if not _is_message_id(mid) or not isinstance(message.get("fromMe"), bool):
             return []
         ticket = message.get("ticket") if isinstance(message.get("ticket"), dict) else {}
         ticket_id = as_int(message.get("ticketId")) or as_int(ticket.get("id"))
