@@ -24,7 +24,8 @@ import yaml
 
 from whazing_gateway import model
 from whazing_gateway.deliver.signing import secret_key
-from whazing_gateway.route.rules import ChannelRule, Match, QueueRule, RuleSet
+from whazing_gateway.route.patterns import Pattern, compile_pattern
+from whazing_gateway.route.rules import ChannelRule, Match, QueueRule, RuleSet, rules_file_too_big
 
 __all__ = [
     "ConfigError",
@@ -679,12 +680,12 @@ def _selectors(sec: _Section, key: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _regex(sec: _Section, key: str) -> re.Pattern | None:
+def _regex(sec: _Section, key: str) -> Pattern | None:
     pattern = sec.get(key, "str?", None)
     if pattern is None:
         return None
     try:
-        return re.compile(pattern)
+        return compile_pattern(pattern)  # RE2: linear time; PatternError is a re.error
     except re.error as exc:
         sec.r.error(sec.line_of(key), f"invalid regular expression in '{key}': {exc}")
         return None
@@ -814,7 +815,7 @@ def read_rules(rules_dir: str | os.PathLike, settings: Settings | None = None,
     drafts: list[_Draft] = []
     for path in files:
         reader = _Reader(str(path), issues, env)
-        data = _load_yaml(path, issues)
+        data = None if rules_file_too_big(path, reader.error) else _load_yaml(path, issues)
         if data is None:
             continue
         if not isinstance(data, dict):
