@@ -24,6 +24,7 @@ import yaml
 
 from whazing_gateway import model
 from whazing_gateway.deliver.signing import secret_key
+from whazing_gateway.ops.logs import register_env_parts
 from whazing_gateway.route.patterns import Pattern, compile_pattern
 from whazing_gateway.route.rules import ChannelRule, Match, QueueRule, RuleSet, rules_file_too_big
 
@@ -721,6 +722,7 @@ def _target(sec: _Section, settings: Settings) -> model.Target | None:
         sec.r.error(sec.line_of("name"), f"target name {name!r} may use only letters, digits, '_', '.', '-'")
         name = None
     url = _url(sec, "url", None, required=True)
+    register_env_parts(sec.d.get("url"), sec.r.env)  # ${VAR} parts of a URL are masked in logs and at rest
     api_key = sec.get("api_key", "str?", None) or None
     secrets_got = _str_list(sec, "secrets", "str")
     secrets: list[str] = []
