@@ -6,6 +6,8 @@ upstream's bytes. No timing assertion anywhere: speed is measured by bench/, nev
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,198 @@ def test_a_50_mb_rules_file_is_refused_unparsed(tmp_path):
     proc = _check_cli(folder)
     assert proc.returncode == 1
     assert "rules/big.yaml:0: rules file of 52428800 bytes is larger than" in proc.stdout
+
+
+# -- through a real gateway, with real traffic beside every hostile input -------------------------
+BOMB = (ROOT / "tests" / "fixtures" / "brotli-bomb-1gib.br").read_bytes()
+MAX_RSS_KIB = 400 * 1024  # generous: the gateway idles near 100 MB; the bomb alone was 1 GiB twice
+ROUNDS = 12
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(payload: str) -> str:
+    return f"Bearer {_b64url(b'{}')}.{_b64url(payload.encode())}.sig"
+
+
+def hostile_http() -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(case, path, body, headers): each refused by the gateway's decoders, passed through as is.
+    The echo upstream answers with the body and the Content-Encoding it is asked for, so every
+    case reaches the gateway's response decoding; the request is read too (POST /tickets)."""
+    import gzip as gz
+
+    json_h = {"Content-Type": "application/json", "X-Echo-Content-Type": "application/json"}
+    br = {**json_h, "Content-Encoding": "br", "X-Echo-Content-Encoding": "br"}
+    return [
+        ("brotli bomb", "/tickets", BOMB, br),
+        ("stacked bomb", "/tickets", gz.compress(BOMB), {**json_h, "Content-Encoding": "br, gzip",
+                                                         "X-Echo-Content-Encoding": "br, gzip"}),
+        ("gzip bomb", "/tickets/1", gz.compress(b" " * (64 << 20)), {**json_h, "X-Echo-Content-Encoding": "gzip"}),
+        ("100k deep", "/tickets", b"[" * 100_000 + b"]" * 100_000, json_h),
+        ("superscript id", "/tickets/1", '{"id": "²", "status": "open", "tenantId": "²"}'.encode(), json_h),
+        ("4301 digits", "/tickets/1", b'{"id": ' + b"9" * 4301 + b', "status": "open"}', json_h),
+        ("id past int64", "/tickets/1", ('{"id": %d, "status": "open", "isCreated": true}' % (1 << 63)).encode(), json_h),
+        ("nested JWT", "/tickets", b'{"contactId": 5}', {**json_h, "Authorization": _jwt("[" * 5000)}),
+        ("JWT of digits", "/tickets", b'{"contactId": 5}', {**json_h, "Authorization": _jwt("9" * 5000)}),
+    ]
+
+
+def hostile_frames() -> list[str]:
+    push = '42["1:ticketList",{"type":"ticket:update","payload":%s}]'
+    return [
+        push % ("[" * 100_000 + "]" * 100_000),
+        push % ('{"id": ' + "9" * 5000 + ', "status": "open"}'),
+        push % ('{"id": %d, "status": "pending", "isCreated": true}' % (1 << 63)),
+        push % '{"id": "²", "status": "pending", "isCreated": true}',
+        push % ('{"id": 5, "status": "open", "pad": "' + "x" * (2 << 20) + '"}'),  # above the inspection limit
+    ]
+
+
+def _created(ticket_id: int) -> str:
+    ticket = {"id": ticket_id, "status": "pending", "isCreated": True, "queueId": 1, "userId": None,
+              "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"}
+    return "42" + json.dumps(["1:ticketList", {"type": "ticket:update", "payload": ticket}])
+
+
+def _message(n: int, text: str) -> str:
+    msg = {"id": f"msg-{n}", "fromMe": False, "body": text, "ticketId": 1000 + n,
+           "ticket": {"id": 1000 + n, "status": "open"}, "createdAt": "2026-01-01T00:00:00Z"}
+    return "42" + json.dumps(["1:ticketList", {"type": "chat:create", "payload": msg}])
+
+
+def _rss_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + ("{" if labels else "")) and (not labels or want in line):
+            total += float(line.split()[-1])
+    return total
+
+
+@pytest.mark.slow
+async def test_hostile_input_beside_real_traffic(tmp_path):
+    import asyncio
+    import stat
+
+    import aiohttp
+    from aiohttp import web
+
+    from tests.echo_upstream import build_app
+    from tests.harness import GatewayProcess, rules_yaml
+    from tests.receivers import Receiver
+
+    runner = web.AppRunner(build_app(), access_log=None, shutdown_timeout=0.5, auto_decompress=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    upstream = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    receiver = await Receiver().start()
+    # Point 10: a password in a target URL (userinfo) and a ${VAR} part, neither ever logged.
+    password, hook = "Pa55-in-url-Zq81", "hook-7c1e-from-env"
+    all_url = receiver.url("/all").replace("http://", f"http://agent:{password}@")
+    rules = rules_yaml(all_url).replace("channels:\n", (
+        "  - name: regex\n"
+        "    url: " + receiver.url("/regex/${HOOK_ID}") + "\n"
+        "    kind: generic\n"
+        "channels:\n"), 1) + (
+        "  - name: backtracking text rule\n"
+        "    channel: '*'\n"
+        "    targets: [regex]\n"
+        "    events: [message.received]\n"
+        "    match: {text: '(a+)+$'}\n")
+    gw = GatewayProcess(tmp_path, upstream, rules, env={"HOOK_ID": hook})
+    (tmp_path / "data").mkdir(mode=0o755)  # an existing, too open data folder
+    os.chmod(tmp_path / "data", 0o755)
+    await gw.start()
+    session = aiohttp.ClientSession(auto_decompress=False)
+    ws = await session.ws_connect(gw.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket",
+                                  max_msg_size=0)
+    expected_all = expected_regex = 0
+    try:
+        big_rules = tmp_path / "rules" / "zz-big.yaml"
+        for n in range(ROUNDS):
+            # Real traffic: a ticket created and a customer message, as Whazing pushes them.
+            text = "a" * 30 + ("!" if n % 2 else "")  # "(a+)+$" on "a"*30+"!" froze the proxy for 67 s
+            tid = (1 << 63) - 1 - n if n == 0 else 100 + n  # the largest int64 id is a real id
+            for frame in (_created(tid), _message(n, text)):
+                await ws.send_str(frame)
+                echoed = await asyncio.wait_for(ws.receive(), 30)
+                assert echoed.data == frame
+            expected_all += 2
+            expected_regex += 0 if n % 2 else 1
+            # Hostile input beside it, each proxied answer identical to the upstream's own.
+            case, path, body, headers = hostile_http()[n % len(hostile_http())]
+            async with session.post(gw.url + path, data=body, headers=headers) as r:
+                proxied = (r.status, r.headers.get("Content-Encoding"), await r.read())
+            async with session.post(upstream + path, data=body, headers=headers) as r:
+                direct = (r.status, r.headers.get("Content-Encoding"), await r.read())
+            assert proxied == direct, case
+            frame = hostile_frames()[n % len(hostile_frames())]
+            await ws.send_str(frame)
+            echoed = await asyncio.wait_for(ws.receive(), 30)
+            assert echoed.data == frame
+            if n == ROUNDS // 2:  # point 6: a 50 MB rules file dropped in while traffic flows
+                with open(big_rules, "w") as f:
+                    for _ in range(50 * 1024):
+                        f.write("# " + "x" * 1021 + "\n")
+        # Every remaining hostile input once more, so each kind is certainly seen.
+        for case, path, body, headers in hostile_http():
+            async with session.post(gw.url + path, data=body, headers=headers) as r:
+                await r.read()
+                assert r.status == 200, case
+        for frame in hostile_frames():
+            await ws.send_str(frame)
+            await asyncio.wait_for(ws.receive(), 30)
+        # One more real event after all of it.
+        await ws.send_str(_created(999))
+        await ws.receive()
+        expected_all += 1
+
+        await receiver.wait_for(expected_all + expected_regex, timeout=90)
+        await asyncio.sleep(1.0)  # nothing extra trickles in
+        by_path: dict[str, set[str]] = {}
+        for req in receiver.requests:
+            by_path.setdefault(req.path, set()).add(req.headers.get("webhook-id", ""))
+        assert len(by_path.get("/all", ())) == expected_all
+        assert len(by_path.get(f"/regex/{hook}", ())) == expected_regex
+        delivered = [json.loads(req.body) for req in receiver.requests if req.path == "/all"]
+        ids = {d["data"].get("ticket", {}).get("id") for d in delivered if d["type"] == "ticket.created"}
+        assert (1 << 63) - 1 in ids and (1 << 63) not in ids
+
+        metrics_text = await gw.metrics()
+        for kind in ("bomb", "too_deep", "number", "jwt", "too_large"):
+            assert _metric(metrics_text, "whazing_gateway_bad_input_total", kind=kind) >= 1, kind
+        assert _metric(metrics_text, "whazing_gateway_rules_reloads_total", outcome="refused") >= 1
+        assert _metric(metrics_text, "whazing_gateway_stage_errors_total") == 0
+        assert _metric(metrics_text, "whazing_gateway_observations_dropped_total") == 0
+        rss = _rss_kib(gw.proc.pid)
+        assert rss["VmRSS"] < MAX_RSS_KIB and rss["VmHWM"] < MAX_RSS_KIB, rss
+        assert gw.proc.poll() is None
+    finally:
+        await ws.close()
+        await session.close()
+        await gw.stop()
+        await receiver.stop()
+        await runner.cleanup()
+
+    log = gw.log()
+    assert "rules file of 52428800 bytes is larger than" in log
+    assert "Traceback" not in log
+    assert password not in log and hook not in log
+    data = tmp_path / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
+        {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}

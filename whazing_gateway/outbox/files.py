@@ -39,6 +39,9 @@ def private_dir(directory: str | os.PathLike) -> Path:
     if not loose:
         return path
     was = oct(stat.S_IMODE(st.st_mode))
+    if st.st_uid == os.geteuid() and not _never_tighten(path) and not any(path.iterdir()):
+        os.chmod(path, DIR_MODE)  # just made by someone else's mkdir (umask 022): nothing to tell
+        return path
     if st.st_uid != os.geteuid() or _never_tighten(path):
         log.warning("data folder readable by others: left as it is, files are 0600", path=str(path), mode=was)
         return path
