@@ -23,6 +23,8 @@ from whazing_gateway.decode.socketio import DecodeError
 from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, WsFrame
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.pipeline.core import Pipeline
+from whazing_gateway.route.router import Router
+from whazing_gateway.route.rules import RuleSet
 from whazing_gateway.state.memory import MemoryState
 
 # -- generators of hostile input ---------------------------------------------------------------
@@ -159,6 +161,22 @@ def test_core_contains_every_malformed_input(frame, body):
             pass  # anything else fails the test: decoders raise only their own errors
 
     async def run():
+        # infer and route (real rules, both body formats) directly: any exception fails the test
+        state = MemoryState()
+        inferrer, router = Inferrer(state), Router(_RULES, state)
+        for rec in records:
+            try:
+                observations = decode(rec)
+            except (DecodeError, BodyError):
+                continue
+            for obs in observations:
+                events = await inferrer.infer(obs)
+                for event in events:
+                    assert event.ticket_id is None or 0 < event.ticket_id < (1 << 63)
+                    for d in await router.route(event):
+                        json.loads(d.body)  # a body a receiver can parse
+                await inferrer.commit(events)
+
         routed = []
 
         async def route(event):
@@ -169,6 +187,24 @@ def test_core_contains_every_malformed_input(frame, body):
         for rec in records:
             await pipe.process(rec)  # must not raise
     asyncio.run(run())
+
+
+def _rules() -> RuleSet:
+    from whazing_gateway import model
+    from whazing_gateway.route.patterns import compile_pattern
+    from whazing_gateway.route.rules import ChannelRule, Match, QueueRule
+
+    targets = {n: model.Target(n, "http://127.0.0.1:9/", format=f) for n, f in (("w", "whazing"), ("e", "envelope"))}
+    events = frozenset(model.EVENT_TYPES)
+    return RuleSet(targets=targets, channel_rules=(
+        ChannelRule("all", "t:1", ("*",), ("w", "e"), events, groups=True),
+        ChannelRule("match", "t:2", ("*", 1, "x"), ("w",), events, groups=True, match=Match(
+            tenants=frozenset({"1"}), contact_number=compile_pattern("^55"), text=compile_pattern("(a+)+$"),
+            tags=frozenset({"vip"}))),
+    ), queue_rules=(QueueRule("q", "t:3", ("*", 1), ("e",), start_on_transfer=True),))
+
+
+_RULES = _rules()
 
 
 # -- through a real mitmdump: bytes in == bytes out -----------------------------------------------
