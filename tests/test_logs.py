@@ -16,6 +16,7 @@ from mitmproxy.http import Headers
 
 from whazing_gateway.ops import logs
 from whazing_gateway.ops.logs import MASK, configure_logging, redact, redact_text, register_secret
+from tests.redis_server import redis_server  # noqa: F401  (fixture)
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
@@ -482,3 +483,28 @@ def test_data_files_are_private_even_in_an_existing_loose_folder(tmp_path):
     files = [p for p in list(fresh.iterdir()) + list(loose.iterdir())]
     assert {p.name for p in files} >= {"outbox.db", "redis-spool.db"}
     assert all(mode(p) == 0o600 for p in files), {p.name: oct(mode(p)) for p in files}
+
+
+async def test_redis_outbox_stores_no_url_secret(tmp_path, redis_server, clean_registry):
+    """The Redis engine keeps paused URLs and attempt errors masked too (a real redis-server)."""
+    import redis
+
+    from whazing_gateway.model import Delivery
+    from whazing_gateway.outbox.base import Attempt, TargetPause
+    from whazing_gateway.outbox.redis import RedisOutbox
+
+    url = "https://bob:hunter2-Xq9@n8n.example/webhook/x"
+    ob = RedisOutbox(redis_server.url, "t", spool_path=tmp_path / "data" / "spool.db", reorder_window_s=0)
+    await ob.open()
+    try:
+        await ob.put([Delivery("d1", "t", "e1", "ticket.closed", None, b"{}", 1.0, 7)])
+        await ob.record_attempt("d1", Attempt(2.0, None, 1.0, f"ClientError: cannot reach {url}"), "retry", 3.0)
+        await ob.pause_target(TargetPause("t", url, f"410 Gone from {url}", 4.0))
+        got = await ob.get("d1")
+        assert got is not None and "hunter2" not in (got[0].last_error or "")
+    finally:
+        await ob.close()
+    client = redis.Redis.from_url(redis_server.url)
+    dump = b"".join(client.dump(k) or b"" for k in client.keys("*"))
+    client.close()
+    assert dump and b"hunter2" not in dump
