@@ -309,3 +309,12 @@ def test_hostile_jwt_payloads_give_no_claims_or_no_ids(claims):
 def test_oversized_jwt_is_not_decoded():
     enc = base64.urlsafe_b64encode(json.dumps({"tenantId": 1, "pad": "x" * 20_000}).encode()).rstrip(b"=").decode()
     assert jwt_claims(f"Bearer e30.{enc}.sig") == {}
+
+
+def test_huge_bearer_tokens_are_never_kept_by_the_claims_cache():
+    from whazing_gateway.decode import _claims
+
+    before = _claims.cache_info().currsize
+    for i in range(20):
+        assert jwt_claims(f"Bearer e30.{'A' * (1 << 20)}{i}.sig") == {}
+    assert _claims.cache_info().currsize == before
