@@ -243,6 +243,8 @@ def test_truncated_brotli_is_a_body_error():
     ('{"id": ' + "9" * 41 + "}", "number"),
     ('{"id": 1e' + "9" * 100 + "}", "number"),
     ('{"id": NaN}', "number"),
+    ('{"t": 1e400}', "number"),
+    ('{"t": -1.5e999}', "number"),
     ('{"id": Infinity}', "number"),
     ('{"id": "²"', "json"),
 ])

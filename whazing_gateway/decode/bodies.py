@@ -8,6 +8,7 @@ only exception that leaves this module is `BodyError` (with a `kind` for the met
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from typing import Any
 
@@ -126,7 +127,10 @@ def _bounded_int(text: str) -> int:
 def _bounded_float(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS * 2:
         raise BodyError(f"JSON number of {len(text)} characters", "number")
-    return float(text)
+    value = float(text)
+    if math.isinf(value):  # 1e400: re-encoded it would be `Infinity`, which is not JSON
+        raise BodyError(f"JSON number {text} overflows a double", "number")
+    return value
 
 
 def _no_constant(name: str) -> Any:
