@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 import structlog
+import structlog.testing
 from mitmproxy.http import Headers
 
 from whazing_gateway.ops import logs
@@ -508,3 +509,22 @@ async def test_redis_outbox_stores_no_url_secret(tmp_path, redis_server, clean_r
     dump = b"".join(client.dump(k) or b"" for k in client.keys("*"))
     client.close()
     assert dump and b"hunter2" not in dump
+
+
+def test_the_working_folder_is_never_locked_down(tmp_path, monkeypatch):
+    """A data file in the folder the gateway runs from: the file is 0600, the folder untouched
+    (locking the working folder would lock out the operator's other files)."""
+    import stat
+
+    from whazing_gateway.outbox.spool import Spool
+
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "notes.txt").write_text("the operator's")
+    monkeypatch.chdir(tmp_path)
+    with structlog.testing.capture_logs() as captured:
+        spool = Spool("spool.db", 10)
+        spool.open()
+        spool.close()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "spool.db").stat().st_mode) == 0o600
+    assert any(c["event"].startswith("data folder readable by others: left as it is") for c in captured)
