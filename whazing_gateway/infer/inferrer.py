@@ -204,6 +204,7 @@ class Inferrer:
             await self._remember_intent(call)
             return []
         if not 200 <= call.status < 300:
+            await self._withdraw_intent(call)
             return []
         body = call.response_json
         if call.kind == routes.TICKET_DELETE:
@@ -220,18 +221,34 @@ class Inferrer:
             return await self.ticket_seen(body, call.tenant_id, call.ts, "rest", call.flow_id, may_create=may_create)
         return []
 
+    @staticmethod
+    def _intent_key(call: RestCall) -> str | None:
+        body = call.request_json if isinstance(call.request_json, dict) else {}
+        if call.kind == routes.TICKET_CREATE and as_int(body.get("contactId")) is not None:
+            return f"hint:c:{as_int(body.get('contactId'))}"
+        if call.kind == routes.EXT_CREATE_TICKET and _phone(body.get("number")):
+            return f"hint:n:{_phone(body.get('number'))}"
+        return None
+
     async def _remember_intent(self, call: RestCall) -> None:
         """`POST /tickets` and external `createticket` are agent creations (`NewTicketUserCreate`).
 
         The request is seen before the backend's socket push, so a hint keyed by contact lets the
-        push, which looks like any other new ticket, be told apart.
+        push, which looks like any other new ticket, be told apart. The hint names its flow, so
+        that a refused request (anyone can send one) withdraws it again: see `_withdraw_intent`.
         """
-        body = call.request_json if isinstance(call.request_json, dict) else {}
-        ttl = self.settings.hint_ttl_s
-        if call.kind == routes.TICKET_CREATE and as_int(body.get("contactId")) is not None:
-            self._set(f"hint:c:{as_int(body.get('contactId'))}", True, ttl)
-        elif call.kind == routes.EXT_CREATE_TICKET and _phone(body.get("number")):
-            self._set(f"hint:n:{_phone(body.get('number'))}", True, ttl)
+        key = self._intent_key(call)
+        if key is not None:
+            self._set(key, call.flow_id or True, self.settings.hint_ttl_s)
+
+    async def _withdraw_intent(self, call: RestCall) -> None:
+        """A creation Whazing refused (401, 403, 4xx, 5xx) makes no ticket: its hint would mislabel
+        the next inbound ticket of that contact as agent-made."""
+        if call.kind not in routes.READ_REQUEST:
+            return
+        key = self._intent_key(call)
+        if key is not None and call.flow_id is not None and await self._get(key) == call.flow_id:
+            self._set(key, None, 1)
 
     # -- tickets -------------------------------------------------------------------------------
     @staticmethod
