@@ -185,3 +185,138 @@ def test_hot_path_copies_only_what_inference_reads():
     assert wants_response(flow("PUT", "/tickets/3")) and wants_response(flow("GET", "/tickets?status[]=open"))
     assert wants_response(flow("GET", "/socket.io/?EIO=4&transport=polling"))
     assert not wants_response(flow("POST", "/auth/login/")) and not wants_response(flow("POST", "/messages/3"))
+
+
+# -- bounds: every decoder stops early and raises only its own error ----------------------------
+BOMB = (__import__("pathlib").Path(__file__).parent / "fixtures" / "brotli-bomb-1gib.br").read_bytes()
+
+
+def _peak_rss_kib() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def test_brotli_bomb_stops_at_the_cap_while_inflating():
+    """809 bytes that inflate to 1 GiB: refused at the 1 MiB cap without inflating it all."""
+    assert len(BOMB) < 2000
+    before = _peak_rss_kib()
+    with pytest.raises(BodyError) as err:
+        parse_json(BOMB, "br", limit=1 << 20)
+    assert err.value.kind == "bomb"
+    assert _peak_rss_kib() - before < 200 * 1024  # far below the 1 GiB it holds
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "gzip, br", "br, gzip", "deflate, gzip, br"])
+def test_every_encoding_is_capped(encoding):
+    big = json.dumps({"pad": "0" * (3 << 20)}).encode()
+    raw = big
+    for enc in (e.strip() for e in encoding.split(",")):
+        raw = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[enc](raw)
+    with pytest.raises(BodyError) as err:
+        parse_json(raw, encoding, limit=1 << 20)
+    assert err.value.kind == "bomb"
+    assert parse_json(raw, encoding, limit=4 << 20) == {"pad": "0" * (3 << 20)}
+
+
+def test_stacked_encodings_decode_in_reverse_order():
+    raw = brotli.compress(gzip.compress(b'{"id": 7}'))
+    assert parse_json(raw, "gzip, br") == {"id": 7}
+    with pytest.raises(BodyError):
+        parse_json(raw, "br, gzip")
+    with pytest.raises(BodyError) as err:
+        parse_json(b"x", "gzip, gzip, gzip, gzip, gzip")
+    assert err.value.kind == "encoding"
+
+
+def test_truncated_brotli_is_a_body_error():
+    raw = brotli.compress(json.dumps({"a": "b" * 5000}).encode())
+    with pytest.raises(BodyError):
+        parse_json(raw[: len(raw) // 2], "br")
+
+
+@pytest.mark.parametrize("doc, kind", [
+    ("[" * 100_000 + "]" * 100_000, "too_deep"),
+    ("[" * 100_000, "too_deep"),
+    ('{"a":' * 70 + "1" + "}" * 70, "too_deep"),
+    ("1" * 5000, "number"),
+    ('{"id": ' + "9" * 41 + "}", "number"),
+    ('{"id": 1e' + "9" * 100 + "}", "number"),
+    ('{"id": NaN}', "number"),
+    ('{"t": 1e400}', "number"),
+    ('{"t": -1.5e999}', "number"),
+    ('{"id": Infinity}', "number"),
+    ('{"id": "²"', "json"),
+])
+def test_json_bounds(doc, kind):
+    with pytest.raises(BodyError) as err:
+        parse_json(doc.encode())
+    assert err.value.kind == kind
+
+
+def test_json_within_bounds_still_parses():
+    doc = {"tickets": [{"id": i, "contact": {"tags": [{"id": 1}]}} for i in range(200)]}
+    assert parse_json(json.dumps(doc).encode()) == doc
+    deep = {"a": 1}
+    for _ in range(60):
+        deep = {"a": deep}
+    assert parse_json(json.dumps(deep).encode()) == deep
+    brackets_in_strings = {"body": "[" * 10_000 + "{" * 10_000}
+    assert parse_json(json.dumps(brackets_in_strings).encode()) == brackets_in_strings
+
+
+@pytest.mark.parametrize("value, expected", [
+    (5, 5), ("5", 5), ("²", None), ("\u0663", None), ("1" * 5000, None), (1 << 63, None), ((1 << 63) - 1, (1 << 63) - 1),
+    (str(1 << 63), None), (0, None), (-3, None), ("-3", None), (True, None), (1.0, None), ([1], None), (None, None),
+])
+def test_as_int_takes_only_int64_ids(value, expected):
+    from whazing_gateway.decode import as_int
+
+    assert as_int(value) == expected
+
+
+@pytest.mark.parametrize("payload", [
+    "4²", "42\u0663[\"a\"]", "45²-[\"a\"]", "451" + "1" * 5000 + "-[\"a\"]", "42" + "1" * 5000 + '["a"]',
+    "42" + "[" * 100_000, '42["1:ticketList",' + "[" * 50_000 + "]" * 50_000 + "]",
+    '42["1:ticketList",{"type":"ticket:update","payload":{"id":' + "9" * 5000 + "}}]",
+])
+def test_socket_frames_raise_only_decode_error(payload):
+    with pytest.raises(DecodeError):
+        decode(WsFrame("f", 1.0, False, payload.encode()))
+
+
+def test_frames_above_the_inspection_limit_are_not_read():
+    frame = '42["1:ticketList",{"type":"ticket:update","payload":{"id":1,"status":"open","pad":"' + "x" * 5000 + '"}}]'
+    assert decode(WsFrame("f", 1.0, False, frame.encode()), json_limit=1 << 20)
+    with pytest.raises(DecodeError) as err:
+        decode(WsFrame("f", 1.0, False, frame.encode()), json_limit=1000)
+    assert err.value.kind == "too_large"
+
+
+@pytest.mark.parametrize("claims", [
+    "[" * 100_000, "9" * 5000, '{"tenantId": ' + "9" * 30 + "}", '{"tenantId": {"a": [1]}, "id": "²"}', '"just a string"', "[1, 2]",
+])
+def test_hostile_jwt_payloads_give_no_claims_or_no_ids(claims):
+    from whazing_gateway.decode import as_int
+
+    enc = base64.urlsafe_b64encode(claims.encode()).rstrip(b"=").decode()
+    got = jwt_claims(f"Bearer e30.{enc}.sig")
+    assert isinstance(got, dict)
+    assert as_int(got.get("tenantId")) is None and as_int(got.get("id")) is None
+    rec = HttpRequestSeen("r", 1.0, "POST", "/tickets", "", {"authorization": f"Bearer e30.{enc}.sig"}, None)
+    [call] = decode(rec)
+    assert call.tenant_id is None and call.user_id is None
+
+
+def test_oversized_jwt_is_not_decoded():
+    enc = base64.urlsafe_b64encode(json.dumps({"tenantId": 1, "pad": "x" * 20_000}).encode()).rstrip(b"=").decode()
+    assert jwt_claims(f"Bearer e30.{enc}.sig") == {}
+
+
+def test_huge_bearer_tokens_are_never_kept_by_the_claims_cache():
+    from whazing_gateway.decode import _claims
+
+    before = _claims.cache_info().currsize
+    for i in range(20):
+        assert jwt_claims(f"Bearer e30.{'A' * (1 << 20)}{i}.sig") == {}
+    assert _claims.cache_info().currsize == before

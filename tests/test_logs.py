@@ -12,10 +12,12 @@ from datetime import datetime, timezone
 
 import pytest
 import structlog
+import structlog.testing
 from mitmproxy.http import Headers
 
 from whazing_gateway.ops import logs
 from whazing_gateway.ops.logs import MASK, configure_logging, redact, redact_text, register_secret
+from tests.redis_server import redis_server  # noqa: F401  (fixture)
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
@@ -361,3 +363,168 @@ def test_stderr_is_looked_up_per_line(monkeypatch):
         assert [r["event"] for r in lines(second)] == ["two"]
     finally:
         _reset()
+
+
+# -- URL secrets (issue 13, point 10): userinfo and ${VAR} parts, in logs and at rest --------------
+@pytest.fixture
+def clean_registry():
+    logs.clear_registered_secrets()
+    yield
+    logs.clear_registered_secrets()
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("https://user:pa55w0rd@n8n.example/webhook/x", "https://***@n8n.example/webhook/x"),
+    ("redis://:s3cr3t-pw@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+    ("http://only-user@h/p", "http://***@h/p"),
+    ("https://n8n.example/webhook/x?a=b", "https://n8n.example/webhook/x?a=b"),
+    ("see http://h/p@x and me@x.com", "see http://h/p@x and me@x.com"),
+])
+def test_url_userinfo_is_masked(url, masked, clean_registry):
+    assert logs.mask_url(url) == masked
+    assert redact_text(f"connect to {url} failed") == f"connect to {masked} failed"
+
+
+def test_env_parts_of_target_urls_are_masked_everywhere(tmp_path, clean_registry):
+    """The values that ${VAR} put in a target URL never reach a log line: the config loader
+    registers them when it reads the rules."""
+    from whazing_gateway.config import read_rules
+
+    (tmp_path / "r.yaml").write_text(
+        "targets:\n  - name: t\n    url: 'https://n8n.example/webhook/${HOOK_ID}?k=${HOOK_KEY:-x}'\n")
+    env = {"HOOK_ID": "5f1c-hook-9a7e", "HOOK_KEY": "query-key-77"}
+    rules, issues = read_rules(tmp_path, env=env)
+    assert not issues
+    url = rules.targets["t"].url
+    assert url == "https://n8n.example/webhook/5f1c-hook-9a7e?k=query-key-77"
+    assert logs.mask_url(url) == f"https://n8n.example/webhook/{MASK}?k={MASK}"
+    out = _render_json(url=url, error=f"POST {url}: 410 Gone")
+    assert "5f1c-hook-9a7e" not in out and "query-key-77" not in out
+
+
+def _render_json(**fields) -> str:
+    buf = io.StringIO()
+    configure_logging(level="info", fmt="json", stream=buf)
+    structlog.get_logger("t").warning("deliver.target_gone", **fields)
+    return buf.getvalue()
+
+
+async def test_outbox_stores_no_url_secret_and_admin_prints_none(tmp_path, clean_registry):
+    import argparse
+
+    from whazing_gateway.model import Delivery
+    from whazing_gateway.outbox import admin
+    from whazing_gateway.outbox.base import Attempt, TargetPause
+    from whazing_gateway.outbox.sqlite import SqliteOutbox
+
+    url = "https://bob:hunter2-Xq9@n8n.example/webhook/x"
+    path = tmp_path / "data" / "outbox.db"
+    outbox = SqliteOutbox(path)
+    await outbox.open()
+    try:
+        await outbox.put([Delivery("d1", "t", "e1", "ticket.closed", None, b"{}", 1.0, 7)])
+        await outbox.record_attempt("d1", Attempt(2.0, None, 1.0, f"ClientError: cannot reach {url}"), "retry", 3.0)
+        await outbox.pause_target(TargetPause("t", url, f"410 Gone from {url}", 4.0))
+        paused = await outbox.paused_targets()
+        assert "hunter2" not in paused["t"].url and "hunter2" not in paused["t"].reason
+    finally:
+        await outbox.close()
+    raw = b"".join(p.read_bytes() for p in path.parent.iterdir())
+    assert b"hunter2" not in raw and b"bob:" not in raw
+    assert b"https://***@n8n.example/webhook/x" in raw
+
+    # A row written before masking at rest existed: `deliveries show/list` still print no secret.
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE deliveries SET last_error = ?", (f"cannot reach {url}",))
+        conn.execute("UPDATE attempts SET error = ?", (f"cannot reach {url}",))
+    outbox = SqliteOutbox(path)
+    await outbox.open()
+    try:
+        for action, as_json in (("show", True), ("show", False), ("list", True), ("list", False)):
+            buf = io.StringIO()
+            args = argparse.Namespace(action=action, id="d1", json=as_json, target=None, status=None, event=None,
+                                      since=None, until=None, limit=50, ticket=None, type=None)
+            await admin._run(args, outbox, buf)
+            assert "n8n.example" in buf.getvalue() or action == "list" and not as_json
+            assert "hunter2" not in buf.getvalue(), (action, as_json)
+    finally:
+        await outbox.close()
+
+
+def test_data_files_are_private_even_in_an_existing_loose_folder(tmp_path):
+    import asyncio
+    import stat
+
+    from whazing_gateway.outbox.spool import Spool
+    from whazing_gateway.outbox.sqlite import SqliteOutbox
+
+    fresh = tmp_path / "fresh" / "data"
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    old_file = loose / "outbox.db"
+    old_file.write_bytes(b"")
+    os.chmod(old_file, 0o644)
+
+    async def open_close(path):
+        o = SqliteOutbox(path)
+        await o.open()
+        await o.put([])
+        await o.close()
+
+    asyncio.run(open_close(fresh / "outbox.db"))
+    asyncio.run(open_close(old_file))
+    spool = Spool(loose / "redis-spool.db", 10)
+    spool.open()
+    spool.close()
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(fresh) == 0o700 and mode(loose) == 0o700
+    files = [p for p in list(fresh.iterdir()) + list(loose.iterdir())]
+    assert {p.name for p in files} >= {"outbox.db", "redis-spool.db"}
+    assert all(mode(p) == 0o600 for p in files), {p.name: oct(mode(p)) for p in files}
+
+
+async def test_redis_outbox_stores_no_url_secret(tmp_path, redis_server, clean_registry):
+    """The Redis engine keeps paused URLs and attempt errors masked too (a real redis-server)."""
+    import redis
+
+    from whazing_gateway.model import Delivery
+    from whazing_gateway.outbox.base import Attempt, TargetPause
+    from whazing_gateway.outbox.redis import RedisOutbox
+
+    url = "https://bob:hunter2-Xq9@n8n.example/webhook/x"
+    ob = RedisOutbox(redis_server.url, "t", spool_path=tmp_path / "data" / "spool.db", reorder_window_s=0)
+    await ob.open()
+    try:
+        await ob.put([Delivery("d1", "t", "e1", "ticket.closed", None, b"{}", 1.0, 7)])
+        await ob.record_attempt("d1", Attempt(2.0, None, 1.0, f"ClientError: cannot reach {url}"), "retry", 3.0)
+        await ob.pause_target(TargetPause("t", url, f"410 Gone from {url}", 4.0))
+        got = await ob.get("d1")
+        assert got is not None and "hunter2" not in (got[0].last_error or "")
+    finally:
+        await ob.close()
+    client = redis.Redis.from_url(redis_server.url)
+    dump = b"".join(client.dump(k) or b"" for k in client.keys("*"))
+    client.close()
+    assert dump and b"hunter2" not in dump
+
+
+def test_the_working_folder_is_never_locked_down(tmp_path, monkeypatch):
+    """A data file in the folder the gateway runs from: the file is 0600, the folder untouched
+    (locking the working folder would lock out the operator's other files)."""
+    import stat
+
+    from whazing_gateway.outbox.spool import Spool
+
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "notes.txt").write_text("the operator's")
+    monkeypatch.chdir(tmp_path)
+    with structlog.testing.capture_logs() as captured:
+        spool = Spool("spool.db", 10)
+        spool.open()
+        spool.close()
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "spool.db").stat().st_mode) == 0o600
+    assert any(c["event"].startswith("data folder readable by others: left as it is") for c in captured)

@@ -36,8 +36,10 @@ from whazing_gateway.config.values import (
     from_env,
 )
 from whazing_gateway.config.yaml_lines import LDict, LList, Unreadable, load_yaml
+from whazing_gateway.ops.logs import register_env_parts
+from whazing_gateway.route.patterns import compile_pattern
 from whazing_gateway.deliver.signing import secret_key
-from whazing_gateway.route.rules import ChannelRule, Match, QueueRule, RuleSet
+from whazing_gateway.route.rules import ChannelRule, Match, QueueRule, RuleSet, rules_file_too_big
 
 # Event names in YAML: the gateway's own, plus the names Whazing's UI and bodies use.
 EVENT_ALIASES: dict[str, str] = {
@@ -93,7 +95,7 @@ Plain = Annotated[Any, BeforeValidator(from_env), AfterValidator(lambda v: v if 
 
 def _regex(value: str) -> str:
     try:
-        re.compile(value)
+        compile_pattern(value)  # RE2: linear time; what it cannot run is refused here, with why
     except re.error as exc:
         raise fail(f"invalid regular expression in {{key}}: {exc}") from None
     return value
@@ -214,8 +216,8 @@ def _match(spec: MatchSpec | None) -> Match:
         return Match()
     return Match(
         tenants=frozenset(str(t) for t in spec.tenant) if spec.tenant is not None else None,
-        contact_number=re.compile(spec.contact_number) if spec.contact_number is not None else None,
-        text=re.compile(spec.text) if spec.text is not None else None,
+        contact_number=compile_pattern(spec.contact_number) if spec.contact_number is not None else None,
+        text=compile_pattern(spec.text) if spec.text is not None else None,
         tags=frozenset(str(t).casefold() for t in spec.tags) if spec.tags is not None else None,
     )
 
@@ -328,6 +330,10 @@ def read_rules(rules_dir: str | os.PathLike, settings: Settings | None = None,
     refs: list[tuple[str, str, int]] = []  # (target name, file, line) named by a rule
     for path in files:
         file = str(path)
+        too_big = rules_file_too_big(path)
+        if too_big is not None:  # refused before parsing: a huge file must not stall the loader
+            issues.append(Issue(file, 0, too_big))
+            continue
         try:
             data = load_yaml(path, issues)
         except Unreadable:
@@ -342,6 +348,8 @@ def read_rules(rules_dir: str | os.PathLike, settings: Settings | None = None,
             issues.append(Issue(file, getattr(data, "line", 1), "a rules file must be a mapping with 'targets', "
                                                                 "'channels' or 'queues', got " + describe(data)))
             continue
+        for item in _items(data, "targets"):  # ${VAR} parts of a URL are masked in logs and at rest
+            register_env_parts(item.get("url"), env)
         data = expand_tree(data, file, issues, env)
         raw_targets = _items(data, "targets")
         _declare_targets(raw_targets, path, defined, issues)

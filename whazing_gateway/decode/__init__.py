@@ -7,13 +7,13 @@ cannot be decoded raises `DecodeError`/`BodyError`; the caller counts it, logs i
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from whazing_gateway.decode import routes
-from whazing_gateway.decode.bodies import BodyError, decompress, parse_json
+from whazing_gateway.decode.bodies import BodyError, decompress, loads, parse_json
 from whazing_gateway.decode.socketio import (
     EIO_MESSAGE,
     DecodeError,
@@ -22,11 +22,17 @@ from whazing_gateway.decode.socketio import (
     decode_socket,
 )
 from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, Record, WsFrame
+from whazing_gateway.ops import metrics
 
-__all__ = ["RestCall", "SocketEvent", "Observation", "decode", "as_int", "DecodeError", "BodyError"]
+__all__ = ["RestCall", "SocketEvent", "Observation", "decode", "as_int", "DecodeError", "BodyError",
+           "MAX_ID", "MAX_TOKEN_CHARS"]
 
 # Socket event channels we read; everything else (whatsapp sessions, users, chat-interno...) is ignored.
 READ_CHANNELS = ("ticketList", "contactList")
+# Whazing's ids are positive integers that fit a signed 64-bit column; anything else is "not an id".
+MAX_ID = (1 << 63) - 1
+# A bearer token's length: Whazing's JWTs are a few hundred characters.
+MAX_TOKEN_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,33 +67,45 @@ class SocketEvent:
 Observation = RestCall | SocketEvent
 
 
-@functools.lru_cache(maxsize=1024)
 def jwt_claims(authorization: str | None) -> dict[str, Any]:
     """The claims of a bearer JWT, unverified: only used to learn the tenant and user of a call.
 
-    Cached: an agent's browser sends the same token with every call for hours. Callers must not
-    modify the returned dict."""
+    Bounded like a body (length, nesting, numbers); a token that is not one gives {} and is
+    counted. Callers must not modify the returned dict."""
     if not authorization or not authorization[:7].lower() == "bearer ":
         return {}
+    if len(authorization) > MAX_TOKEN_CHARS:  # checked before the cache: it never keeps a huge key
+        metrics.BAD_INPUT.labels("jwt").inc()
+        return {}
+    return _claims(authorization)
+
+
+@functools.lru_cache(maxsize=1024)
+def _claims(authorization: str) -> dict[str, Any]:
+    """Cached: an agent's browser sends the same token with every call for hours."""
     parts = authorization[7:].strip().split(".")
     if len(parts) != 3:
         return {}
     try:
         pad = "=" * (-len(parts[1]) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + pad))
-    except ValueError:
+        claims = loads(base64.urlsafe_b64decode(parts[1] + pad))
+    except (BodyError, binascii.Error, ValueError):
+        metrics.BAD_INPUT.labels("jwt").inc()
         return {}
     return claims if isinstance(claims, dict) else {}
 
 
 def as_int(value: Any) -> int | None:
-    """Whazing ids: integers, sometimes digit strings (route params, event names); never booleans."""
+    """Whazing ids: positive int64 integers, sometimes digit strings (route params, event names).
+
+    Never booleans, never '²' (a digit to str.isdigit(), not to int()), never above 2^63-1."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+        return value if 0 < value <= MAX_ID else None
+    if isinstance(value, str) and 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+        n = int(value)
+        return n if 0 < n <= MAX_ID else None
     return None
 
 
@@ -116,10 +134,13 @@ def _socket_events_from_text(text: str, ts: float, flow_id: str | None) -> list[
     return [ev] if ev else []
 
 
-def decode_frame(frame: WsFrame) -> list[SocketEvent]:
-    """Server -> client text frames only: that is where Whazing's pushes travel."""
+def decode_frame(frame: WsFrame, limit: int = 1 << 20) -> list[SocketEvent]:
+    """Server -> client text frames only: that is where Whazing's pushes travel. Frames above
+    the inspection limit (the same as bodies) are not read."""
     if frame.from_client or not frame.is_text:
         return []
+    if len(frame.content) > limit:
+        raise DecodeError(f"websocket frame larger than {limit} bytes", "too_large")
     try:
         text = frame.content.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -148,9 +169,23 @@ def _decode_polling(rec: HttpExchange, limit: int) -> list[SocketEvent]:
 
 
 def decode(record: Record, json_limit: int = 1 << 20) -> list[Observation]:
-    """Every observation a record holds (none for traffic we do not read)."""
+    """Every observation a record holds (none for traffic we do not read).
+
+    Raises only DecodeError/BodyError, each counted by kind in `bad_input_total`: whatever a
+    hostile record does to a decoder costs that record alone."""
+    try:
+        return _decode(record, json_limit)
+    except (DecodeError, BodyError) as exc:
+        metrics.BAD_INPUT.labels(exc.kind).inc()
+        raise
+    except Exception as exc:  # a decoder bug on odd input (RecursionError, MemoryError...)
+        metrics.BAD_INPUT.labels("internal").inc()
+        raise DecodeError(f"decoder failed: {exc!r}", "internal") from None
+
+
+def _decode(record: Record, json_limit: int) -> list[Observation]:
     if isinstance(record, WsFrame):
-        return list(decode_frame(record))
+        return list(decode_frame(record, json_limit))
     route = routes.match(record.method, record.path)
     if route is None:
         return []

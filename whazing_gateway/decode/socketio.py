@@ -6,9 +6,10 @@ packet each; polling bodies carry several separated by the record separator 0x1e
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from whazing_gateway.decode.bodies import BodyError, loads
 
 RECORD_SEPARATOR = "\x1e"
 
@@ -18,8 +19,23 @@ EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE, EIO_UPGRADE, EIO_NOOP = "0
 SIO_CONNECT, SIO_DISCONNECT, SIO_EVENT, SIO_ACK, SIO_CONNECT_ERROR, SIO_BINARY_EVENT, SIO_BINARY_ACK = range(7)
 
 
+# Ack ids and attachment counts are small counters; more digits than this is not socket.io.
+MAX_COUNTER_DIGITS = 18
+
+
 class DecodeError(ValueError):
-    """The bytes are not a well-formed packet; the traffic itself is passed through untouched."""
+    """The bytes are not a well-formed packet; the traffic itself is passed through untouched.
+
+    `kind` names the class of bad input for the metrics (frame, too_large, too_deep, number...)."""
+
+    def __init__(self, message: str, kind: str = "frame") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _is_counter(text: str) -> bool:
+    """ASCII digits only (str.isdigit() also takes '²', which int() refuses), and few of them."""
+    return 0 < len(text) <= MAX_COUNTER_DIGITS and text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +90,7 @@ def decode_polling_body(body: str) -> list[EnginePacket]:
 
 def decode_socket(payload: str) -> SocketPacket:
     """One Socket.IO packet from the data of an Engine.IO message packet."""
-    if not payload or not payload[0].isdigit():
+    if not payload or not _is_counter(payload[0]):
         raise DecodeError("Socket.IO packet without a type")
     kind = int(payload[0])
     if kind > SIO_BINARY_ACK:
@@ -83,7 +99,7 @@ def decode_socket(payload: str) -> SocketPacket:
     attachments = 0
     if kind in (SIO_BINARY_EVENT, SIO_BINARY_ACK):
         dash = payload.find("-", i)
-        if dash < 0 or not payload[i:dash].isdigit():
+        if dash < 0 or not _is_counter(payload[i:dash]):
             raise DecodeError("binary Socket.IO packet without an attachment count")
         attachments = int(payload[i:dash])
         i = dash + 1
@@ -96,16 +112,18 @@ def decode_socket(payload: str) -> SocketPacket:
             namespace, i = payload[i:comma], comma + 1
     ack_id = None
     j = i
-    while j < n and payload[j].isdigit():
+    while j < n and "0" <= payload[j] <= "9":
         j += 1
+    if j - i > MAX_COUNTER_DIGITS:
+        raise DecodeError("Socket.IO ack id too long", "number")
     if j > i:
         ack_id, i = int(payload[i:j]), j
     data = None
     if i < n:
         try:
-            data = json.loads(payload[i:])
-        except ValueError as exc:
-            raise DecodeError(f"Socket.IO payload is not JSON: {exc}") from None
+            data = loads(payload[i:])
+        except BodyError as exc:
+            raise DecodeError(f"Socket.IO payload is not JSON: {exc}", exc.kind) from None
     if kind in (SIO_EVENT, SIO_BINARY_EVENT) and not (isinstance(data, list) and data):
         raise DecodeError("Socket.IO event without an event name")
     return SocketPacket(kind, namespace, data, ack_id, attachments)

@@ -39,11 +39,11 @@ class InferSettings:
 
 
 def _ts(iso: Any) -> float | None:
-    if not isinstance(iso, str):
+    if not isinstance(iso, str) or len(iso) > 64:
         return None
     try:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # junk, or a date no clock can hold
         return None
 
 
@@ -62,6 +62,25 @@ def event_time(payload_time: Any, observed: float) -> float:
     if t is None or abs(t - observed) > MAX_CLOCK_SKEW_S:
         return observed
     return t
+
+
+# A message id: an integer, or WhatsApp's id string; anything else (objects, huge strings) is not one.
+MAX_MESSAGE_ID_CHARS = 256
+
+
+def _is_message_id(mid: Any) -> bool:
+    if isinstance(mid, bool):
+        return False
+    if isinstance(mid, int):
+        return as_int(mid) is not None
+    return isinstance(mid, str) and 0 < len(mid) <= MAX_MESSAGE_ID_CHARS
+
+
+def _phone(number: Any) -> str | None:
+    """A contact number usable as a state key (a short string or integer), else None."""
+    if isinstance(number, int) and not isinstance(number, bool):
+        number = str(number)
+    return number if isinstance(number, str) and 0 < len(number) <= 64 else None
 
 
 def _is_ticket(obj: Any) -> bool:
@@ -202,6 +221,7 @@ class Inferrer:
             await self._remember_intent(call)
             return []
         if not 200 <= call.status < 300:
+            await self._withdraw_intent(call)
             return []
         body = call.response_json
         if call.kind == routes.TICKET_DELETE:
@@ -218,18 +238,34 @@ class Inferrer:
             return await self.ticket_seen(body, call.tenant_id, call.ts, "rest", call.flow_id, may_create=may_create)
         return []
 
+    @staticmethod
+    def _intent_key(call: RestCall) -> str | None:
+        body = call.request_json if isinstance(call.request_json, dict) else {}
+        if call.kind == routes.TICKET_CREATE and as_int(body.get("contactId")) is not None:
+            return f"hint:c:{as_int(body.get('contactId'))}"
+        if call.kind == routes.EXT_CREATE_TICKET and _phone(body.get("number")):
+            return f"hint:n:{_phone(body.get('number'))}"
+        return None
+
     async def _remember_intent(self, call: RestCall) -> None:
         """`POST /tickets` and external `createticket` are agent creations (`NewTicketUserCreate`).
 
         The request is seen before the backend's socket push, so a hint keyed by contact lets the
-        push, which looks like any other new ticket, be told apart.
+        push, which looks like any other new ticket, be told apart. The hint names its flow, so
+        that a refused request (anyone can send one) withdraws it again: see `_withdraw_intent`.
         """
-        body = call.request_json if isinstance(call.request_json, dict) else {}
-        ttl = self.settings.hint_ttl_s
-        if call.kind == routes.TICKET_CREATE and as_int(body.get("contactId")) is not None:
-            self._set(f"hint:c:{as_int(body.get('contactId'))}", True, ttl)
-        elif call.kind == routes.EXT_CREATE_TICKET and body.get("number"):
-            self._set(f"hint:n:{body.get('number')}", True, ttl)
+        key = self._intent_key(call)
+        if key is not None:
+            self._set(key, call.flow_id or True, self.settings.hint_ttl_s)
+
+    async def _withdraw_intent(self, call: RestCall) -> None:
+        """A creation Whazing refused (401, 403, 4xx, 5xx) makes no ticket: its hint would mislabel
+        the next inbound ticket of that contact as agent-made."""
+        if call.kind not in routes.READ_REQUEST:
+            return
+        key = self._intent_key(call)
+        if key is not None and call.flow_id is not None and await self._get(key) == call.flow_id:
+            self._set(key, None, 1)
 
     # -- tickets -------------------------------------------------------------------------------
     @staticmethod
@@ -241,7 +277,8 @@ class Inferrer:
         cid = as_int(ticket.get("contactId")) or as_int(contact.get("id"))
         if cid is not None and await self._get(f"hint:c:{cid}"):
             return model.ORIGIN_AGENT
-        if contact.get("number") and await self._get(f"hint:n:{contact.get('number')}"):
+        number = _phone(contact.get("number"))
+        if number and await self._get(f"hint:n:{number}"):
             return model.ORIGIN_AGENT
         if ticket.get("isActiveDemand") is True and ticket.get("isCreated") is not True:
             return model.ORIGIN_AGENT
@@ -305,7 +342,7 @@ class Inferrer:
         self, message: Mapping[str, Any], tenant_id: int | None, ts: float, flow_id: str | None
     ) -> list[Event]:
         mid = message.get("id") or message.get("messageId")
-        if mid is None or not isinstance(message.get("fromMe"), bool):
+        if not _is_message_id(mid) or not isinstance(message.get("fromMe"), bool):
             return []
         ticket = message.get("ticket") if isinstance(message.get("ticket"), dict) else {}
         ticket_id = as_int(message.get("ticketId")) or as_int(ticket.get("id"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import threading
@@ -96,11 +97,14 @@ _STRING_PATTERNS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), lambda m: MASK),
     # Standard Webhooks signing secrets.
     (re.compile(r"whsec_[A-Za-z0-9+/=_-]+"), lambda m: "whsec_" + MASK),
+    # Userinfo of URLs: https://user:pass@host, redis://:pass@host (user and password both).
+    (re.compile(r"(?P<k>\b[a-z][a-z0-9+.-]{0,20}://)(?P<v>[^/?#@\s\"']{1,256})@", re.IGNORECASE),
+     lambda m: f"{m.group('k')}{MASK}@"),
 ]
 # Cheap pre-check: a string containing none of these (lower-cased) cannot match any pattern
 # above. Plain substring tests: several times faster than one case-insensitive regex.
 _HINTS = ("eyj", "whsec_", "bearer", "basic", "token", "authoriz", "passw", "secret", "apikey",
-          "api_key", "api-key", "cookie", "jwt")
+          "api_key", "api-key", "cookie", "jwt", "://")
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -135,6 +139,24 @@ def register_secret(value: str | bytes | None) -> None:
         _registered.add(value)
         alts = sorted(_registered, key=len, reverse=True)
         _registered_re = re.compile("|".join(re.escape(v) for v in alts))
+
+
+_ENV_PART = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+
+
+def register_env_parts(template: object, env: Mapping[str, str] | None = None) -> None:
+    """Mask the values that `${VAR}` references in `template` (a target URL as written in the
+    rules) put there: a URL's path or query often carries a token (n8n webhook ids)."""
+    if not isinstance(template, str) or "${" not in template:
+        return
+    env = os.environ if env is None else env
+    for name in _ENV_PART.findall(template):
+        register_secret(env.get(name))
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a log line or a file at rest: userinfo and registered `${VAR}` parts masked."""
+    return redact_text(url)
 
 
 def clear_registered_secrets() -> None:

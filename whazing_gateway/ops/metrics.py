@@ -21,6 +21,13 @@ DECODE_ERRORS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+BAD_INPUT = Counter(
+    "whazing_gateway_bad_input_total",
+    "Hostile or broken input refused by a decoder, by kind (too_large, bomb, too_deep, number, "
+    "encoding, json, frame, jwt, internal); the traffic itself passed through untouched",
+    ["kind"],
+    registry=REGISTRY,
+)
 STAGE_ERRORS = Counter(
     "whazing_gateway_stage_errors_total",
     "Exceptions caught in a stage (the traffic went on)",

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from whazing_gateway import model
+from whazing_gateway.ops.logs import mask_url
 from whazing_gateway.outbox.base import DEAD, DELIVERED, Attempt, Outbox, OutboxFilter, OutboxItem
 
 ENV_OUTBOX = "WHAZING_GATEWAY_OUTBOX"
@@ -59,6 +60,11 @@ def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _masked(text: str | None) -> str | None:
+    """Rows written before masking at rest may still hold a URL's userinfo: never print it."""
+    return None if text is None else mask_url(text)
+
+
 def item_to_json(item: OutboxItem, attempts: list[Attempt] | None = None) -> dict[str, Any]:
     body = item.body.decode("utf-8", errors="replace")
     try:
@@ -70,12 +76,12 @@ def item_to_json(item: OutboxItem, attempts: list[Attempt] | None = None) -> dic
         "order_key": item.order_key, "ticket_id": item.ticket_id, "status": item.status,
         "attempts": item.attempts, "next_at": _iso(item.next_at) if item.status == "pending" else None,
         "created_at": _iso(item.created_at), "accepted_at": _iso(item.accepted_at),
-        "updated_at": _iso(item.updated_at), "last_status": item.last_status, "last_error": item.last_error,
+        "updated_at": _iso(item.updated_at), "last_status": item.last_status, "last_error": _masked(item.last_error),
     }
     if attempts is not None:
         out["body"] = body_out
         out["attempt_log"] = [
-            {"at": _iso(a.at), "status_code": a.status_code, "latency_ms": a.latency_ms, "error": a.error}
+            {"at": _iso(a.at), "status_code": a.status_code, "latency_ms": a.latency_ms, "error": _masked(a.error)}
             for a in attempts
         ]
     return out
@@ -178,7 +184,7 @@ async def _run(args: Any, outbox: Outbox, out) -> int:
                     "next_at", "created_at", "accepted_at", "updated_at", "last_status", "last_error"):
             out.write(f"{key:12} {data[key] if data[key] is not None else '-'}\n")
         out.write("attempts:\n")
-        rows = [[_iso(a.at), str(a.status_code or "-"), f"{a.latency_ms:.1f}", a.error or ""] for a in attempts]
+        rows = [[_iso(a.at), str(a.status_code or "-"), f"{a.latency_ms:.1f}", _masked(a.error) or ""] for a in attempts]
         out.write(_table(rows, ["at", "status", "latency_ms", "error"]) if rows else "  (none)\n")
         out.write("body:\n" + json.dumps(data["body"], indent=2, ensure_ascii=False) + "\n")
         return 0
@@ -190,7 +196,7 @@ async def _run(args: Any, outbox: Outbox, out) -> int:
             out.write(json.dumps([item_to_json(i) for i in items], indent=2, ensure_ascii=False) + "\n")
             return 0
         rows = [[i.id, i.target, i.event_type, i.status, str(i.attempts), _iso(i.created_at),
-                 (i.last_error or "")[:60]] for i in items]
+                 (_masked(i.last_error) or "")[:60]] for i in items]
         out.write(_table(rows, ["id", "target", "type", "status", "attempts", "event time", "last error"]))
         return 0
     if action == "retry":

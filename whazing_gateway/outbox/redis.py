@@ -8,6 +8,7 @@ bounded local spool flushed, in order, when Redis answers again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import structlog
 
 from whazing_gateway import model
 from whazing_gateway.ops import metrics
+from whazing_gateway.ops.logs import mask_url
 from whazing_gateway.outbox.base import (
     DEAD,
     DELIVERED,
@@ -407,6 +409,7 @@ class RedisOutbox(Outbox):
     async def record_attempt(self, item_id: str, attempt: Attempt, outcome: Outcome,
                              next_at: float | None) -> None:
         status = {"delivered": DELIVERED, "retry": PENDING, "dead": DEAD}[outcome]
+        attempt = dataclasses.replace(attempt, error=mask_url(attempt.error)) if attempt.error else attempt
         last_error = attempt.error
         if last_error is None and outcome != "delivered" and attempt.status_code is not None:
             last_error = f"HTTP {attempt.status_code}"
@@ -472,7 +475,7 @@ class RedisOutbox(Outbox):
             raise self._error(exc) from exc
 
     async def pause_target(self, pause: TargetPause) -> None:
-        value = json.dumps({"url": pause.url, "reason": pause.reason, "at": pause.at})
+        value = json.dumps({"url": mask_url(pause.url), "reason": mask_url(pause.reason), "at": pause.at})
         await self._redis(lambda r: r.hset(self._p + "paused", pause.target, value))
 
     async def resume_target(self, target: str) -> bool:

@@ -14,6 +14,7 @@ import threading
 from typing import Sequence
 
 from whazing_gateway import model
+from whazing_gateway.outbox.files import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -45,7 +46,7 @@ class Spool:
         with self._lock:
             if self._conn is None:
                 if self.path != ":memory:":
-                    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                    private_file(self.path)  # 0600 in a 0700 folder: it holds customers' messages
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 if self.path != ":memory:":
                     conn.execute("PRAGMA journal_mode = WAL")

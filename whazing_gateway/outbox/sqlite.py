@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import structlog
 
 from whazing_gateway import model
+from whazing_gateway.ops.logs import mask_url
+from whazing_gateway.outbox.files import private_file
 from whazing_gateway.outbox.base import (
     DEAD,
     DELIVERED,
@@ -170,8 +172,7 @@ class SqliteOutbox(Outbox):
     # ---- the thread -------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        private_file(self.path)  # 0600 in a 0700 folder: it holds customers' messages
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=self._busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
@@ -376,7 +377,8 @@ class SqliteOutbox(Outbox):
     ) -> None:
         status = {"delivered": DELIVERED, "retry": PENDING, "dead": DEAD}[outcome]
         now = self._clock()
-        last_error = attempt.error
+        error = None if attempt.error is None else mask_url(attempt.error)  # no URL secret at rest
+        last_error = error
         if last_error is None and outcome != "delivered" and attempt.status_code is not None:
             last_error = f"HTTP {attempt.status_code}"
 
@@ -391,7 +393,7 @@ class SqliteOutbox(Outbox):
                 conn.execute(
                     "INSERT INTO attempts (delivery_id, at, status_code, latency_ms, error)"
                     " VALUES (?,?,?,?,?)",
-                    (item_id, attempt.at, attempt.status_code, attempt.latency_ms, attempt.error),
+                    (item_id, attempt.at, attempt.status_code, attempt.latency_ms, error),
                 )
 
         await self._call(op)
@@ -438,7 +440,7 @@ class SqliteOutbox(Outbox):
     async def pause_target(self, pause: TargetPause) -> None:
         await self._call(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO paused_targets (target, url, reason, at) VALUES (?,?,?,?)",
-            (pause.target, pause.url, pause.reason, pause.at),
+            (pause.target, mask_url(pause.url), mask_url(pause.reason), pause.at),
         ) and None)
 
     async def resume_target(self, target: str) -> bool:

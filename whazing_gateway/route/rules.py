@@ -6,15 +6,33 @@ Loading and validation live in `whazing_gateway/config/__init__.py`; the queue-i
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from whazing_gateway import model
+from whazing_gateway.route.patterns import Pattern
 
 ANY = "*"
+# A rules file is hand-written YAML of a few KB; parsing one of 50 MB would take the process
+# minutes and gigabytes, so anything past this is refused before it is read.
+MAX_RULES_FILE_BYTES = 1 << 20
+
+
+def rules_file_too_big(path: Path, report: Callable[[int, str], None] | None = None,
+                       limit: int = MAX_RULES_FILE_BYTES) -> str | None:
+    """Why `path` is refused unparsed, or None if it may be read; `report(line, why)` is told too."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None  # the loader reports an unreadable file itself
+    if size <= limit:
+        return None
+    why = f"rules file of {size} bytes is larger than {limit} bytes: refused unparsed (split it)"
+    if report is not None:
+        report(0, why)
+    return why
 
 
 # ----------------------------------------------------------------------------- event fields
@@ -148,8 +166,8 @@ class Match:
     """Conditions beyond Whazing's native options; every one given must hold."""
 
     tenants: frozenset[str] | None = None
-    contact_number: re.Pattern | None = None
-    text: re.Pattern | None = None
+    contact_number: Pattern | None = None  # RE2 (linear time): see route/patterns.py
+    text: Pattern | None = None
     tags: frozenset[str] | None = None  # any of these (casefolded names or ids)
 
     def accepts(self, event: model.Event) -> bool:
