@@ -186,12 +186,14 @@ class WorkerProcess:
             backoff = min(backoff * 2, 30.0)
 
     def _mirror(self, line: bytes, metrics) -> None:
-        from whazing_gateway.deliver.sender import count_attempt
+        from whazing_gateway.deliver.sender import count_attempt, publish_target_health
 
         try:
             rec = json.loads(line)
             if "pending" in rec:
                 metrics.OUTBOX_PENDING.set(rec["pending"])
+                return
+            if publish_target_health(rec):
                 return
             count_attempt(rec["target"], rec["outcome"], rec["latency_s"], rec["age_s"])
             if self.on_delivery is not None:

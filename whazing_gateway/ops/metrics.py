@@ -77,6 +77,30 @@ DEAD_LETTERS = Counter(
     ["target"],
     registry=REGISTRY,
 )
+TARGET_STATE = Gauge(
+    "whazing_gateway_target_state",
+    "1 for the current delivery health of each target (healthy, failing, paused)",
+    ["target", "state"],
+    registry=REGISTRY,
+)
+TARGET_PENDING = Gauge(
+    "whazing_gateway_target_pending",
+    "Deliveries waiting for each target (held while it is failing or paused)",
+    ["target"],
+    registry=REGISTRY,
+)
+TARGET_NEXT_PROBE = Gauge(
+    "whazing_gateway_target_next_probe_timestamp_seconds",
+    "When a failing target is probed next (unix seconds; 0 while healthy)",
+    ["target"],
+    registry=REGISTRY,
+)
+TARGET_PROBES = Counter(
+    "whazing_gateway_target_probes_total",
+    "Probes of failing targets (one held delivery) by outcome (success, failure)",
+    ["target", "outcome"],
+    registry=REGISTRY,
+)
 DELIVERY_LATENCY = Histogram(
     "whazing_gateway_delivery_latency_seconds",
     "HTTP latency of one delivery attempt",
