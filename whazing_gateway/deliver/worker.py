@@ -88,7 +88,7 @@ async def serve(settings) -> int:
         # its own local spool: only the parent puts, but two processes must never share one file
         settings = dataclasses.replace(settings, data_dir=settings.data_dir / "worker")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    holder = _Rules(initial_rules(settings))
+    holder = _Rules(initial_rules(settings, quiet=True))
     outbox = open_outbox(settings)
     await outbox.open()
     sender = Sender(outbox, lambda: holder.rules.targets, per_ticket_order=settings.per_ticket_order,

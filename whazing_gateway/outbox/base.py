@@ -179,8 +179,18 @@ class Outbox(abc.ABC):
 
     @property
     def last_error(self) -> str | None:
-        """The most recent failure (kept after recovery, for /healthz to show)."""
+        """Why the outbox is unhealthy NOW; None once it works again (/readyz shows the current
+        state, never an error that is over)."""
+        return None if self._healthy else self._last_error
+
+    @property
+    def previous_error(self) -> str | None:
+        """The most recent failure, kept after recovery (with `previous_error_at`)."""
         return self._last_error
+
+    @property
+    def previous_error_at(self) -> float | None:
+        return self._last_error_at
 
     def _failed(self, exc: BaseException) -> None:
         from whazing_gateway.ops import metrics
