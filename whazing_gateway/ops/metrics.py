@@ -126,6 +126,23 @@ SPOOL_DROPPED = Counter(
     "Deliveries lost because the local spool overflowed while Redis was down",
     registry=REGISTRY,
 )
+CATCHUP_RUNS = Counter(
+    "whazing_gateway_catchup_runs_total",
+    "Catch-ups after a (re)start or an observer reconnect, by outcome (ok, failed, skipped)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CATCHUP_TICKETS = Counter(
+    "whazing_gateway_catchup_tickets_total",
+    "Tickets the catch-up found changed while the gateway was away (created, changed)",
+    ["kind"],
+    registry=REGISTRY,
+)
+CATCHUP_MESSAGE_GAPS = Counter(
+    "whazing_gateway_catchup_message_gaps_total",
+    "Tickets with messages missed while the gateway was away (not fetched: that marks them read)",
+    registry=REGISTRY,
+)
 OBSERVER_CONNECTED = Gauge(
     "whazing_gateway_observer_connected",
     "1 while the gateway's own socket.io observer is connected",

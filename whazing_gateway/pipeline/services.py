@@ -29,6 +29,10 @@ def make_state(settings: Settings):
         from whazing_gateway.state.redis import RedisState, redis_client
 
         return RedisState(redis_client(settings.redis_url), settings.redis_prefix)
+    if settings.data_dir is not None:  # kept across restarts, for the catch-up
+        from whazing_gateway.state.sqlite import SqliteState
+
+        return SqliteState(os.path.join(settings.data_dir, "state.db"))
     return MemoryState()
 
 
@@ -61,6 +65,7 @@ class Services:
         self.ops = None
         self.watcher = None
         self.observer = None
+        self.catchup = None
         self._start_task: asyncio.Task | None = None
 
     def start_soon(self) -> None:
@@ -102,6 +107,11 @@ class Services:
         self.observer = Observer.from_settings(s)
         if self.observer is not None:
             self.observer.start()
+        from whazing_gateway.edge.observer import CatchUp  # what changed while we were away
+
+        self.catchup = CatchUp.from_settings(s, self.state, self.pipeline.submit, self.observer)
+        if self.catchup is not None:
+            self.catchup.start()
         log.info("gateway started", upstream=s.upstream, listen=f"{s.listen_host}:{s.listen_port}",
                  storage=s.storage_backend, targets=len(self.router.rules.targets),
                  observer="on" if self.observer else "off (no credentials: browser traffic only)")
@@ -109,6 +119,8 @@ class Services:
     async def stop(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             await self._start_task
+        if self.catchup is not None:
+            await self.catchup.stop()
         if self.observer is not None:
             await self.observer.stop()
         if self.watcher is not None:
