@@ -43,6 +43,7 @@ class Observer:
         self.max_backoff_s = max_backoff_s
         self.connected = False
         self.connects = 0
+        self.connected_at: float | None = None  # unix time of the current connection
         self._task: asyncio.Task | None = None
         self._client: socketio.AsyncClient | None = None
 
@@ -102,6 +103,7 @@ class Observer:
                     if old is not None:
                         await _close(old)
                     self.connected = True
+                    self.connected_at = time.time()
                     self.connects += 1
                     metrics.OBSERVER_CONNECTED.set(1)
                     log.info("observer connected", url=self.base_url, connects=self.connects)
@@ -148,10 +150,10 @@ async def _close(client: socketio.AsyncClient) -> None:
 
 # ---- catch-up after the gateway was away ----------------------------------------------------
 
-# State key of the watermark: until this time (unix s) the gateway saw everything Whazing pushed.
-WATERMARK_KEY = "catchup:seen_until"
 # What the SPA asks for (frontend `ConsultarTickets`: axios sends arrays as `status[]=`); with
 # `showAll` an admin gets every ticket of the tenant, most recently updated first, by pages.
+GAP_LOG = ("catch-up: messages of this ticket were missed and are not delivered "
+           "(fetching them would mark the ticket read in Whazing)")
 LISTING_QUERY = [("status[]", "open"), ("status[]", "pending"), ("status[]", "closed"), ("showAll", "true")]
 
 
@@ -210,6 +212,8 @@ class CatchUp:
                 if await self._once():
                     handled = connects
             if self.observer.connected and connects == handled:
+                from whazing_gateway.infer.catchup import WATERMARK_KEY
+
                 try:
                     await self.state.set(WATERMARK_KEY, self._clock() - self.margin_s)
                 except Exception as exc:  # the next beat tries again
@@ -219,6 +223,7 @@ class CatchUp:
     async def _once(self) -> bool:
         """One catch-up; True when done (or nothing to do), False to try again soon."""
         from whazing_gateway.infer import catchup
+        from whazing_gateway.infer.catchup import WATERMARK_KEY
         from whazing_gateway.ops import metrics
 
         try:
@@ -243,16 +248,14 @@ class CatchUp:
             log.warning("catch-up failed; retrying", error=repr(exc), retry_in_s=self.heartbeat_s)
             await asyncio.sleep(max(0.0, 4 * self.heartbeat_s))
             return False
-        result = catchup.plan(tickets, known, since)
+        result = catchup.plan(tickets, known, since, live_since=self.observer.connected_at)
         self.last_plan = result
         for payload in result.payloads:
             self.submit(_frame(payload))
         for gap in result.gaps:
             metrics.CATCHUP_MESSAGE_GAPS.inc()
-            log.warning("catch-up: messages of this ticket were missed and are not delivered "
-                        "(fetching them would mark the ticket read in Whazing)",
-                        ticket_id=gap.ticket_id, tenant_id=gap.tenant_id, last_message_at=_iso(gap.last_message_at),
-                        seen_until=_iso(gap.known_until))
+            log.warning(GAP_LOG, ticket_id=gap.ticket_id, tenant_id=gap.tenant_id, certain=gap.certain,
+                        last_message_at=_iso(gap.last_message_at), seen_until=_iso(gap.known_until))
         metrics.CATCHUP_TICKETS.labels("created").inc(len(result.created))
         metrics.CATCHUP_TICKETS.labels("changed").inc(len(result.changed))
         metrics.CATCHUP_RUNS.labels("ok").inc()
@@ -286,11 +289,14 @@ class CatchUp:
         from whazing_gateway.decode import as_int
         from whazing_gateway.infer.catchup import Known, changed_since
 
+        # What we knew before we went away: the persisted state as loaded (live sightings since
+        # the restart must not hide what happened meanwhile); a shared state (Redis) as it is.
+        read = getattr(self.state, "loaded", None) or self.state.get
         known = {}
         for t in changed_since(tickets, since):
             tenant, tid = as_int(t.get("tenantId")), as_int(t.get("id"))
-            known[(tenant, tid)] = Known(state=await self.state.get(f"t:{tenant}:{tid}"),  # Inferrer._tkey
-                                        last_received=await self.state.get(f"m:{tenant}:{tid}"))
+            known[(tenant, tid)] = Known(state=await read(f"t:{tenant}:{tid}"),  # Inferrer._tkey
+                                        last_received=await read(f"m:{tenant}:{tid}"))
         return known
 
 

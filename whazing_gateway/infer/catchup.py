@@ -27,10 +27,16 @@ from typing import Any, Iterable, Mapping
 
 from whazing_gateway.decode import as_int
 
+# State key of the watermark: until this time (unix s) the gateway saw everything Whazing pushed.
+# The inference reads it too: a first sighting of a ticket created after it is a missed creation.
+WATERMARK_KEY = "catchup:seen_until"
+
 # A message this much newer than the ticket state we kept is one we did not see. Whazing
 # stamps `lastMessageAt` and then `updatedAt` in the same update, so a seen message is never
 # newer than the state we kept from that update.
 GAP_TOLERANCE_S = 0.01
+# A ticket created this long after the observer connected was watched live all its life.
+LIVE_MARGIN_S = 1.0
 
 
 def ts(value: Any) -> float | None:
@@ -66,6 +72,9 @@ class Gap:
     ticket_id: int
     last_message_at: float
     known_until: float | None
+    # True: the last message itself came while nobody watched. False: it came after we were back,
+    # so messages before it, while we were away, may or may not exist (reported all the same).
+    certain: bool = True
 
 
 @dataclass
@@ -89,7 +98,7 @@ def changed_since(tickets: Iterable[Mapping[str, Any]], since: float) -> list[Ma
     return sorted(out, key=lambda t: (ts(t.get("updatedAt")) or 0.0, as_int(t.get("id")) or 0))
 
 
-def _creation(ticket: Mapping[str, Any]) -> dict[str, Any]:
+def creation_of(ticket: Mapping[str, Any]) -> dict[str, Any]:
     """The ticket as its creation push showed it, as far as the listing tells: same id, created
     now (updatedAt = createdAt); a ticket is never created closed (Whazing opens it pending)."""
     out = dict(ticket)
@@ -100,10 +109,14 @@ def _creation(ticket: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def gap_of(ticket: Mapping[str, Any], known: Known, tenant_id: int | None, ticket_id: int) -> Gap | None:
+def gap_of(ticket: Mapping[str, Any], known: Known, tenant_id: int | None, ticket_id: int,
+           live_since: float | None = None) -> Gap | None:
     last = ts(ticket.get("lastMessageAt"))
     if last is None:
         return None
+    created = ts(ticket.get("createdAt"))
+    if live_since is not None and created is not None and created >= live_since + LIVE_MARGIN_S:
+        return None  # its whole life was watched live
     seen = [t for t in (ts((known.state or {}).get("updatedAt")),
                         ts((known.last_received or {}).get("createdAt")),
                         ts((known.last_received or {}).get("timestamp"))) if t is not None]
@@ -114,13 +127,14 @@ def gap_of(ticket: Mapping[str, Any], known: Known, tenant_id: int | None, ticke
     if lr.get("body") is not None and lr.get("body") == ticket.get("lastMessage") and known_until is not None \
             and abs(last - known_until) <= 1.0:
         return None  # the last message is the one we saw (its clock is a tick apart)
-    return Gap(tenant_id, ticket_id, last, known_until)
+    return Gap(tenant_id, ticket_id, last, known_until, certain=live_since is None or last < live_since)
 
 
 def plan(tickets: Iterable[Mapping[str, Any]], known: Mapping[tuple[int | None, int], Known],
-         since: float, default_tenant: int | None = None) -> Plan:
-    """The catch-up for `tickets` (the listing) given what we `known` and our watermark `since`
-    (unix seconds: until then, the gateway saw everything)."""
+         since: float, default_tenant: int | None = None, live_since: float | None = None) -> Plan:
+    """The catch-up for `tickets` (the listing) given what we knew before we went away
+    (`known`), our watermark `since` (unix seconds: until then, the gateway saw everything) and
+    `live_since`, when it was watching again (the observer connected)."""
     out = Plan()
     for ticket in changed_since(tickets, since):
         ticket_id = as_int(ticket.get("id"))
@@ -132,7 +146,7 @@ def plan(tickets: Iterable[Mapping[str, Any]], known: Mapping[tuple[int | None, 
         if k.state is None:
             created_at = ts(ticket.get("createdAt"))
             if created_at is not None and created_at >= since:
-                creation = _creation(ticket)
+                creation = creation_of(ticket)
                 out.payloads.append(creation)
                 out.created.append(ticket_id)
                 if creation.get("status") != ticket.get("status"):
@@ -143,7 +157,7 @@ def plan(tickets: Iterable[Mapping[str, Any]], known: Mapping[tuple[int | None, 
             if any(k.state.get(f) != ticket.get(f) for f in ("status", "queueId", "userId")):
                 out.changed.append(ticket_id)
             out.payloads.append(current)
-        gap = gap_of(ticket, k, tenant_id, ticket_id)
+        gap = gap_of(ticket, k, tenant_id, ticket_id, live_since)
         if gap is not None:
             out.gaps.append(gap)
     return out

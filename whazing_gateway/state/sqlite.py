@@ -55,6 +55,7 @@ class SqliteState:
         self._lock = threading.Lock()
         self.write_errors = 0
         self.loaded_items = 0
+        self._baseline: dict[str, Any] = {}
 
     # ---- the StateStore protocol ----------------------------------------------------------
 
@@ -73,6 +74,12 @@ class SqliteState:
         if first:
             self._persist(key, True, ttl_s)
         return first
+
+    async def loaded(self, key: str) -> Any | None:
+        """The value as it was in the file at start (before this process changed anything): what
+        the gateway knew before it went away, for the catch-up."""
+        await self._ready()
+        return self._baseline.get(key)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -102,6 +109,8 @@ class SqliteState:
                     rows = []
                 now = time.time()
                 for key, value, expires_at in rows:
+                    if key.startswith(("t:", "m:")):  # ticket state and last messages: the catch-up's
+                        self._baseline[key] = value
                     await self._memory.set(key, value, None if expires_at is None else max(0.001, expires_at - now))
                 self.loaded_items = len(rows)
                 self._start_writer()
