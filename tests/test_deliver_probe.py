@@ -128,3 +128,88 @@ async def _state(outbox, name: str, state: str) -> bool:
 async def _all_delivered(outbox, sent) -> bool:
     items = await outbox.list(OutboxFilter(ids=tuple(d.id for d in sent), limit=None))
     return len(items) == len(sent) and all(i.status == DELIVERED for i in items)
+
+
+N8N_RULES = """\
+targets:
+  - name: n8n
+    url: {url}
+    kind: n8n
+channels:
+  - name: everything
+    channel: "*"
+    targets: [n8n]
+    events: [message.received, ticket.created]
+    open: true
+    pending: true
+"""
+
+
+@pytest.mark.slow
+async def test_a_real_gateway_shows_target_health_in_metrics_and_the_cli(tmp_path):
+    """The delivery worker (a child process) probes; the gateway's /metrics and `deliveries
+    targets` show the target failing while n8n answers 404, healthy once it is back."""
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from tests.harness import REPO, GatewayProcess, wait_until
+    from whazing_standin import seed
+    from whazing_standin.server import start_standin
+
+    def targets() -> dict:
+        res = subprocess.run([sys.executable, "-m", "whazing_gateway.cli", "deliveries", "targets", "--config",
+                              str(gw.config), "--json"], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        return {r["target"]: r for r in json.loads(res.stdout)}
+
+    async def sample(name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for fam in text_string_to_metric_families(await gw.metrics()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0
+
+    standin = await start_standin()
+    async with Receiver(then=404) as rx:
+        env = {"WHAZING_OBSERVER_EMAIL": seed.ADMIN_EMAIL, "WHAZING_OBSERVER_PASSWORD": seed.PASSWORD}
+        gw = GatewayProcess(tmp_path, standin.url, N8N_RULES.format(url=rx.url()), env=env)
+        await gw.start()
+        try:
+            await wait_until(lambda: "observer connected" in gw.log(), 30, what="the observer")
+            async with aiohttp.ClientSession() as s:
+                for i in range(3):
+                    async with s.post(standin.url + "/__sim/inbound", json={
+                            "whatsappId": seed.CHANNEL_VENDAS, "number": f"551190000{i:04d}", "body": "oi"}) as r:
+                        assert r.status == 200
+            deadline = time.monotonic() + 30
+            while await sample("whazing_gateway_target_state", target="n8n", state="failing") != 1.0:
+                assert time.monotonic() < deadline, gw.log()[-3000:]
+                await asyncio.sleep(0.2)
+            row = await asyncio.to_thread(targets)
+            assert row["n8n"]["state"] == "failing" and row["n8n"]["held"] >= 1
+            assert await sample("whazing_gateway_target_next_probe_timestamp_seconds", target="n8n") > 0
+            await asyncio.sleep(3.0)
+            down = len(rx.requests)
+            up_at = time.time()
+            rx.then = 200
+            deadline = time.monotonic() + 30
+            while await sample("whazing_gateway_deliveries_total", target="n8n", outcome="delivered") < 6:
+                assert time.monotonic() < deadline, gw.log()[-3000:]
+                await asyncio.sleep(0.1)
+            print(f"\n[gateway] 6 deliveries held while n8n answered 404 ({down} requests, "
+                  f"{await sample('whazing_gateway_target_probes_total', target='n8n', outcome='failure'):.0f} "
+                  f"failed probes), all delivered {max(r.at for r in rx.requests) - up_at:.2f} s after it came back")
+            assert down <= 3 + 6  # first attempts, then a few probes: not one per poll
+            assert await sample("whazing_gateway_target_probes_total", target="n8n", outcome="success") >= 1
+            deadline = time.monotonic() + 15
+            while await sample("whazing_gateway_target_state", target="n8n", state="healthy") != 1.0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+            assert (await asyncio.to_thread(targets))["n8n"]["state"] == "healthy"
+        finally:
+            await gw.stop()
+            await standin.stop()
