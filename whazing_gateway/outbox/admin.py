@@ -141,14 +141,14 @@ async def targets_report(outbox: Outbox) -> list[dict[str, Any]]:
 async def _run(args: Any, outbox: Outbox, out) -> int:
     action = args.action
     if action == "targets":
-        rows = await targets_report(outbox)
+        report = await targets_report(outbox)
         if args.json:
-            out.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+            out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             return 0
         out.write(_table([[r["target"], r["state"], r["since"], str(r["failures"]), str(r["failed_probes"]),
-                           r["next_probe"] or "-", str(r["held"]), (r["last_error"] or "")[:60]] for r in rows],
+                           r["next_probe"] or "-", str(r["held"]), (r["last_error"] or "")[:60]] for r in report],
                          ["target", "state", "since", "failures", "failed probes", "next probe", "held", "last error"])
-                  if rows else "no targets seen yet\n")
+                  if report else "no targets seen yet\n")
         return 0
     if action == "show":
         found = await outbox.get(args.id)

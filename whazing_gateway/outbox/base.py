@@ -181,7 +181,11 @@ class Outbox(abc.ABC):
     def last_error(self) -> str | None:
         """Why the outbox is unhealthy NOW; None once it works again (/readyz shows the current
         state, never an error that is over)."""
-        return None if self._healthy else self._last_error
+        return self._last_error if self._troubled() else None
+
+    def _troubled(self) -> bool:
+        """Is something wrong right now? Engines with a degraded-but-working mode say so too."""
+        return not self._healthy
 
     @property
     def previous_error(self) -> str | None:

@@ -208,6 +208,9 @@ class RedisOutbox(Outbox):
     def _error(self, exc: BaseException) -> OutboxError:
         return OutboxError(f"redis outbox {self.redis_url}: {type(exc).__name__}: {exc}")
 
+    def _troubled(self) -> bool:
+        return not self._healthy or self._redis_down  # spooling: accepted, but not shared yet
+
     def _went_down(self, exc: BaseException) -> None:
         if not self._redis_down:
             self._redis_down = True
