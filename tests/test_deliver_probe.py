@@ -213,3 +213,32 @@ async def test_a_real_gateway_shows_target_health_in_metrics_and_the_cli(tmp_pat
         finally:
             await gw.stop()
             await standin.stop()
+
+
+async def test_a_target_failing_at_stop_is_probed_first_after_a_restart(tmp_path):
+    """The health survives the restart (it is in the outbox): one probe, then the rest, in order."""
+    outbox = SqliteOutbox(tmp_path / "outbox.db")
+    await outbox.open()
+    try:
+        async with Receiver(then=503) as rx:
+            target = model.Target(name="t", url=rx.url(), kind="generic", concurrency=4, retry_schedule=(0, 300, 1800))
+            sender = Sender(outbox, lambda: {"t": target}, poll_interval=0.05, housekeeping_s=0.2)
+            await sender.start()
+            await outbox.put([delivery(101, n, "t") for n in range(3)])
+            sender.wake()
+            await wait_until(lambda: _state(outbox, "t", FAILING), 10, "target failing")
+            await sender.stop(timeout=1)
+            before = len(rx.requests)
+            rx.then = 200
+            sender = Sender(outbox, lambda: {"t": target}, poll_interval=0.05, housekeeping_s=0.2)
+            await sender.start()
+            try:
+                await wait_until(lambda: _state(outbox, "t", HEALTHY), 10, "healthy after the restart")
+                await wait_until(lambda: _all_delivered(outbox, [delivery(101, n, "t") for n in range(3)]), 10,
+                                 "all delivered")
+            finally:
+                await sender.stop(timeout=1)
+            after = [json.loads(r.body)["n"] for r in rx.requests[before:]]
+            assert after == [0, 1, 2]  # the probe (the held head), then the rest, in order
+    finally:
+        await outbox.close()

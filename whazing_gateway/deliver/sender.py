@@ -334,6 +334,17 @@ class Sender:
                     log.info("deliver.recovered_leases", count=n)
             except OutboxError as exc:
                 log.error("deliver.recover_failed", error=str(exc))
+        try:  # a target that was failing when we stopped is probed before anything else is sent
+            for name, health in (await self.outbox.target_health()).items():
+                if health.state == FAILING:
+                    breaker = self._breaker(name)
+                    breaker.failures = max(breaker.threshold, 1)
+                    breaker.current_cooldown = breaker.cooldown_s
+                    breaker.open_until = 0.0  # probe due now
+                    self._failed_probes[name] = max(1, health.probes)
+                    self._health[name] = health
+        except OutboxError as exc:
+            log.warning("deliver.health_not_loaded", error=str(exc))
         self._task = asyncio.create_task(self._run(), name="whazing-sender")
         log.info("deliver.started", per_ticket_order=self.per_ticket_order)
 
