@@ -32,9 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("deliveries", help="inspect and replay deliveries and dead letters")
     dl.add_argument("--config", default="gateway.yaml", help="main config file (before or after the action)")
     dl_sub = dl.add_subparsers(dest="action", required=True)
-    # Every action also takes --config after it; SUPPRESS keeps the value given before the
-    # action (or the default) when it is not repeated.
-    dl_sub.add_parser = _with_config(dl_sub.add_parser)  # type: ignore[method-assign]
     for name, helptext in (("list", "list deliveries"), ("purge", "delete finished or dead deliveries"),
                            ("retry", "send dead or pending deliveries again now")):
         a = dl_sub.add_parser(name, help=helptext)
@@ -55,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     targets = dl_sub.add_parser("targets", help="per target: healthy / failing / paused, next probe, held")
     targets.add_argument("--json", action="store_true")
 
+    _config_after_action(dl_sub)
+
     demo = sub.add_parser("demo", help="stand-in Whazing + gateway + a printing receiver + the scenario")
     demo.add_argument("--port", type=int, default=8080, help="gateway listen port")
     demo.add_argument("--web", action="store_true", help="use the flow viewer")
@@ -62,13 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _with_config(add_parser):
-    def add(*args, **kwargs):
-        parser = add_parser(*args, **kwargs)
-        parser.add_argument("--config", default=argparse.SUPPRESS, help="main config file (default: gateway.yaml)")
-        return parser
-
-    return add
+def _config_after_action(actions) -> None:
+    """Every `deliveries` action also takes --config after it (as docs/delivery.md says);
+    SUPPRESS keeps the value given before the action, or the default, when it is not repeated."""
+    for parser in actions.choices.values():
+        if "--config" not in parser._option_string_actions:
+            parser.add_argument("--config", default=argparse.SUPPRESS, help="main config file (default: gateway.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:
