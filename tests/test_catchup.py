@@ -125,3 +125,14 @@ def test_sqlite_state_survives_a_process_and_expires(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "{'status': 'open', 'updatedAt': 'x'} False None None"
+
+
+def test_a_shared_state_is_trusted_only_up_to_the_watermark():
+    """Redis: the state read after the restart may hold a live sighting of the ticket; a message
+    between the watermark and that sighting must still count as a gap."""
+    live = ticket(1, "open", created=SINCE - 100, updated=SINCE + 8, last_msg=SINCE + 7.9)
+    known = Known(state=snapshot(live))  # what the live pipeline wrote after we were back
+    assert catchup.plan([live], {(1, 1): known}, SINCE, live_since=SINCE + 6).gaps == []  # baseline: trusted
+    shared = Known(state=snapshot(live), trust_until=SINCE)
+    (gap,) = catchup.plan([live], {(1, 1): shared}, SINCE, live_since=SINCE + 6).gaps
+    assert gap.ticket_id == 1 and gap.certain is False  # its last message came when we were back

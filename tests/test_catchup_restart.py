@@ -26,6 +26,7 @@ import pytest
 
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
+from tests.redis_server import redis_server  # noqa: F401  (fixture)
 from whazing_gateway.decode import decode_frame
 from whazing_gateway.edge.records import WsFrame
 from whazing_gateway.infer.inferrer import Inferrer
@@ -113,12 +114,17 @@ async def reference_events(frames: list[str]) -> Counter:
     return out
 
 
-async def test_restart_under_load_catches_up_ticket_events_and_reports_message_gaps(tmp_path):
+@pytest.mark.parametrize("storage", ["sqlite", "redis"])
+async def test_restart_under_load_catches_up_ticket_events_and_reports_message_gaps(tmp_path, request, storage):
     standin = await start_standin()
     receiver = await Receiver().start()
     direct = await RawBrowser(standin.url, await login(standin.url)).start()
     env = {"WHAZING_OBSERVER_EMAIL": seed.ADMIN_EMAIL, "WHAZING_OBSERVER_PASSWORD": seed.PASSWORD}
-    gw = GatewayProcess(tmp_path, standin.url, rules_yaml(receiver.url()), env=env)
+    settings = ""
+    if storage == "redis":  # the state is shared in Redis (nothing to load at start)
+        server = request.getfixturevalue("redis_server")
+        settings = f"storage: {{backend: redis, redis: {{url: '{server.url}', prefix: cu}}}}\n"
+    gw = GatewayProcess(tmp_path, standin.url, rules_yaml(receiver.url()), env=env, settings=settings)
     load = Load(standin.url)
     stop = asyncio.Event()
     try:
@@ -172,7 +178,7 @@ async def test_restart_under_load_catches_up_ticket_events_and_reports_message_g
         assert early and all(m[0] in delivered_messages for m in early)
 
         away_msgs = [m for m in load.messages if m[3] == "away"]
-        print(f"\n[catch-up] down {DOWN_S:.0f} s, killed -9 under load, caught up {back_at - killed_at:.1f} s after "
+        print(f"\n[catch-up, {storage}] down {DOWN_S:.0f} s, killed -9 under load, caught up {back_at - killed_at:.1f} s after "
               f"the kill; load {dict(load.actions)}; ticket events: {sum(expected.values())} pushed by Whazing, "
               f"{sum(got.values())} delivered once each; messages while away: {len(away_msgs)}, delivered "
               f"{sum(1 for m in away_msgs if m[0] in delivered_messages)}, the rest on {len(gap_tickets)} tickets "

@@ -291,12 +291,14 @@ class CatchUp:
 
         # What we knew before we went away: the persisted state as loaded (live sightings since
         # the restart must not hide what happened meanwhile); a shared state (Redis) as it is.
-        read = getattr(self.state, "loaded", None) or self.state.get
+        baseline = getattr(self.state, "loaded", None)
+        read = baseline or self.state.get
         known = {}
         for t in changed_since(tickets, since):
             tenant, tid = as_int(t.get("tenantId")), as_int(t.get("id"))
             known[(tenant, tid)] = Known(state=await read(f"t:{tenant}:{tid}"),  # Inferrer._tkey
-                                        last_received=await read(f"m:{tenant}:{tid}"))
+                                        last_received=await read(f"m:{tenant}:{tid}"),
+                                        trust_until=None if baseline else since)
         return known
 
 

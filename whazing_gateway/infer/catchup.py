@@ -61,6 +61,9 @@ class Known:
 
     state: Mapping[str, Any] | None = None  # snapshot: status, queueId, userId, updatedAt
     last_received: Mapping[str, Any] | None = None  # the last received message seen
+    # A shared state (Redis) read after the restart may hold what was seen live since: it tells
+    # what was seen only up to the watermark. None: the state as it was before (nothing later).
+    trust_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,8 @@ def gap_of(ticket: Mapping[str, Any], known: Known, tenant_id: int | None, ticke
                         ts((known.last_received or {}).get("createdAt")),
                         ts((known.last_received or {}).get("timestamp"))) if t is not None]
     known_until = max(seen) if seen else None
+    if known_until is not None and known.trust_until is not None:
+        known_until = min(known_until, known.trust_until)
     if known_until is not None and last <= known_until + GAP_TOLERANCE_S:
         return None
     lr = known.last_received or {}

@@ -250,9 +250,12 @@ class Inferrer:
             return []
         new = snapshot(ticket)
         if old is None:
-            if not (may_create and looks_new(ticket)) and await self._created_while_away(ticket):
-                # Its creation push was missed (the gateway was away): the creation, then what
-                # changed since, under the ids they would have had live (infer/catchup.py).
+            fresh = may_create and looks_new(ticket)
+            if ticket.get("isCreated") is not True and (
+                    (fresh and ticket.get("status") == CLOSED) or (not fresh and await self._created_while_away(ticket))):
+                # Its creation push was missed (the gateway was away, or the ticket closed at
+                # once): the creation, then what changed since, under the ids they would have
+                # had live (infer/catchup.py).
                 from whazing_gateway.infer.catchup import creation_of
 
                 events = await self.ticket_seen(creation_of(ticket), tenant_id, ts, source, flow_id)
