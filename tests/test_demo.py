@@ -8,8 +8,10 @@ The expected numbers come from the scenario's meaning (tests/test_gateway_e2e.py
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,8 +66,7 @@ def _check_no_secrets(text: str) -> None:
     assert demo.API_KEY not in text
 
 
-def test_demo_runs_the_day_and_exits_0_with_the_summary():
-    port = free_port()
+def _run_demo(port: int) -> str:
     proc = _popen("--port", str(port))
     try:
         out, err = proc.communicate(timeout=180)
@@ -74,12 +75,47 @@ def test_demo_runs_the_day_and_exits_0_with_the_summary():
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, out + err
-    assert f"gateway            http://127.0.0.1:{port}" in out
-    _check_summary(out)
     _check_no_secrets(out + err)
-    workdir = re.search(r"config in (\S+)\)", out).group(1)
-    assert not Path(workdir).exists()  # cleaned up after a good run
-    assert "flow viewer" not in out
+    return out
+
+
+def _time_wait_on(port: int) -> None:
+    """Leave a connection in TIME-WAIT on `port` (the server side closes first, as a gateway
+    that stops does), and check that it makes a plain bind fail: what a second demo met."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # active close on the server's side: TIME-WAIT on 127.0.0.1:port
+        time.sleep(0.1)
+        client.close()
+    with socket.socket() as plain:
+        try:
+            plain.bind(("127.0.0.1", port))
+        except OSError:
+            return
+    raise AssertionError("no TIME-WAIT on the port: the test proves nothing")
+
+
+def test_demo_runs_the_day_twice_in_a_row_and_keeps_its_outbox():
+    port = free_port()
+    _time_wait_on(port)
+    outs = [_run_demo(port), _run_demo(port)]  # the second right after the first, same port
+    for out in outs:
+        assert f"gateway            http://127.0.0.1:{port}" in out
+        _check_summary(out)
+        assert "flow viewer" not in out
+        outbox = re.search(r"the demo's outbox is kept: (\S+)", out).group(1)
+        config = re.search(r"look inside:  whazing-gateway deliveries list --config (\S+)", out).group(1)
+        assert Path(outbox).is_file()
+        res = subprocess.run([sys.executable, "-m", "whazing_gateway.cli", "deliveries", "list", "--config", config,
+                              "--status", "delivered", "--json", "--limit", "0"],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        assert len(json.loads(res.stdout)) == 33  # the demo's 33 deliveries, kept
+        shutil.rmtree(Path(config).parent)
 
 
 async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
@@ -131,7 +167,9 @@ async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
         await reader
         assert rc == 0, "".join(lines)
         assert "stopping" in "".join(lines)
-        assert not workdir.exists()
+        assert (workdir / "data" / "outbox.db").is_file()  # kept, and said so
+        assert f"the demo's outbox is kept: {workdir / 'data' / 'outbox.db'}" in "".join(lines)
+        shutil.rmtree(workdir)
         with socket.socket() as sock:  # the gateway is gone with the demo
             assert sock.connect_ex(("127.0.0.1", port)) != 0
     finally:

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -197,9 +196,23 @@ def rules_yaml(receiver_url: str, secret: str) -> str:
 
 def _reserve(port: int = 0) -> socket.socket:
     """Hold a port (bound, not listening) so that the demo's other servers, which take any free
-    port, cannot land on it before the gateway binds it; close it just before starting the gateway."""
+    port, cannot land on it before the gateway binds it; close it just before starting the gateway.
+
+    SO_REUSEADDR, as the gateway's own listener has: connections of a previous demo left in
+    TIME-WAIT on the port do not make it "in use" (a second demo right after the first works),
+    while a server listening on it still does."""
     s = socket.socket()
-    s.bind(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        raise
+    if port:  # bound with SO_REUSEADDR, a port another server LISTENS on must still count as busy
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                s.close()
+                raise OSError(f"port {port} is in use")
     return s
 
 
@@ -317,13 +330,13 @@ class Demo:
         secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()  # Standard Webhooks form
         web_password = secrets.token_urlsafe(12)
         standin = receiver = gateway = None
+        config = workdir / "gateway.yaml"
         ok = False
         try:
             standin = await start_standin()
             receiver = await PrintingReceiver(secret, self.out).start()
             (workdir / "rules").mkdir()
             (workdir / "rules" / "demo.yaml").write_text(rules_yaml(receiver.url(TARGET), secret))
-            config = workdir / "gateway.yaml"
             config.write_text(gateway_yaml(port=self.port, upstream=standin.url, metrics_port=metrics_port,
                                            web_port=web_port, web_password=web_password))
             env = {**os.environ, OBSERVER_EMAIL_ENV: seed.ADMIN_EMAIL, OBSERVER_PASSWORD_ENV: seed.PASSWORD}
@@ -334,6 +347,7 @@ class Demo:
                      f"  Whazing stand-in   {standin.url}  (users {seed.ADMIN_EMAIL}, {seed.AGENT1_EMAIL}, "
                      f"{seed.AGENT2_EMAIL}; password {seed.PASSWORD})\n"
                      f"  gateway            {gateway_url}  -> the stand-in (config in {workdir})\n"
+                     f"  outbox             {workdir / 'data' / 'outbox.db'}  (kept after the demo)\n"
                      f"  webhook receiver   {receiver.url(TARGET)}  (rule 'everything': every event, every channel)\n"
                      f"  metrics            {metrics_url}/metrics\n")
             if self.web:
@@ -374,10 +388,10 @@ class Demo:
                 await receiver.stop()
             if standin is not None:
                 await standin.stop()
-            if ok:
-                shutil.rmtree(workdir, ignore_errors=True)
-            else:
-                self.say(f"kept for inspection: {workdir}\n")
+            # Kept, good run or not: the outbox is the demo's record of what was sent.
+            self.say(f"the demo's outbox is kept: {workdir / 'data' / 'outbox.db'}\n"
+                     f"  look inside:  whazing-gateway deliveries list --config {config}\n"
+                     f"  remove it:    rm -r {workdir}\n")
 
     async def _metrics(self, session: aiohttp.ClientSession, metrics_url: str) -> dict:
         async with session.get(metrics_url + "/metrics") as r:

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="one JSON object per line (default: also JSON, indented)")
 
     dl = sub.add_parser("deliveries", help="inspect and replay deliveries and dead letters")
-    dl.add_argument("--config", default="gateway.yaml")
+    dl.add_argument("--config", default="gateway.yaml", help="main config file (before or after the action)")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     for name, helptext in (("list", "list deliveries"), ("purge", "delete finished or dead deliveries"),
                            ("retry", "send dead or pending deliveries again now")):
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--until", help="ISO time or unix seconds")
         a.add_argument("--limit", type=int, default=100)
         a.add_argument("--json", action="store_true")
+        if name == "purge":
+            a.add_argument("--yes", action="store_true",
+                           help="no question: needed to purge with no filter when not on a terminal")
     show = dl_sub.add_parser("show", help="one delivery with every attempt")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
@@ -54,12 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                       help="wait up to SECONDS for the outcome (exit 1 unless delivered)")
     test.add_argument("--json", action="store_true")
+    targets = dl_sub.add_parser("targets", help="per target: healthy / failing / paused, next probe, held")
+    targets.add_argument("--json", action="store_true")
+
+    _config_after_action(dl_sub)
 
     demo = sub.add_parser("demo", help="stand-in Whazing + gateway + a printing receiver + the scenario")
     demo.add_argument("--port", type=int, default=8080, help="gateway listen port")
     demo.add_argument("--web", action="store_true", help="use the flow viewer")
     demo.add_argument("--keep", action="store_true", help="keep running after the scenario")
     return p
+
+
+def _config_after_action(actions) -> None:
+    """Every `deliveries` action also takes --config after it (as docs/delivery.md says);
+    SUPPRESS keeps the value given before the action, or the default, when it is not repeated."""
+    for parser in actions.choices.values():
+        if "--config" not in parser._option_string_actions:
+            parser.add_argument("--config", default=argparse.SUPPRESS, help="main config file (default: gateway.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:

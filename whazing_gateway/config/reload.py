@@ -21,14 +21,17 @@ from whazing_gateway.route.rules import RuleSet
 
 log = structlog.get_logger(__name__)
 
-def initial_rules(settings: Settings) -> RuleSet:
+def initial_rules(settings: Settings, *, quiet: bool = False) -> RuleSet:
     """The rules at start. Broken rules do not keep the proxy down: it starts routing nothing,
-    says why, and the hot reload picks up the fixed file."""
+    says why, and the hot reload picks up the fixed file. `quiet`: a second process reading the
+    same files (the delivery worker) leaves the saying to the gateway."""
     try:
         rules = load_rules(settings.rules_dir, settings)
         register_rule_secrets(rules)
         return rules
     except ConfigError as exc:
+        if quiet:
+            return RuleSet()
         for issue in exc.issues:
             log.error("rules refused at start: nothing is routed until they are fixed", issue=str(issue))
         metrics.RULES_RELOADS.labels("refused").inc()

@@ -6,8 +6,11 @@ same `webhook-id` (= Delivery.id). Decisions (what a response means, when to ret
 functions at the top of this module; the I/O is in `Sender`.
 
 Per target: at most `Target.concurrency` requests at once, at most `Target.rate_per_s`, a
-circuit breaker (after `breaker_threshold` consecutive failures the target is left alone for a
-cool-down, then probed with one delivery at a time), and a persistent pause on `410 Gone`.
+health state (after `breaker_threshold` consecutive failures the target is *failing*: nothing is
+sent but one probe at a time, with backoff from `breaker_cooldown_s` up to
+`breaker_max_cooldown_s`; the probe is a held delivery itself and does not count against its retry
+schedule; the first success releases everything held, in order), and a persistent pause on
+`410 Gone`. The health is written to the outbox (for `deliveries targets`) and to /metrics.
 Per (target, order_key): one delivery in flight, in acceptance order; a failing ticket holds
 back only itself.
 """
@@ -28,7 +31,20 @@ from multidict import CIMultiDict
 from whazing_gateway import __version__, model
 from whazing_gateway.deliver.signing import signature_header
 from whazing_gateway.ops import metrics
-from whazing_gateway.outbox.base import DELIVERED, Attempt, Outbox, OutboxError, OutboxFilter, OutboxItem, TargetPause
+from whazing_gateway.outbox.base import (
+    DELIVERED,
+    FAILING,
+    HEALTHY,
+    PAUSED,
+    TARGET_STATES,
+    Attempt,
+    Outbox,
+    OutboxError,
+    OutboxFilter,
+    OutboxItem,
+    TargetHealth,
+    TargetPause,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +88,24 @@ def count_attempt(target: str, outcome: str, latency_s: float, age_s: float) -> 
     elif outcome == "dead":
         metrics.DELIVERIES_DONE.labels(target=target, outcome="dead").inc()
         metrics.DEAD_LETTERS.labels(target=target).inc()
+
+
+def publish_target_health(record: dict) -> bool:
+    """Set the per-target metrics from a health record (`{"target_health": [...]}` or
+    `{"probe": {...}}`); False for any other record. One function, for the same reason as
+    `count_attempt`: a delivery worker's parent mirrors these records from its pipe."""
+    if "target_health" in record:
+        for h in record["target_health"]:
+            for state in TARGET_STATES:
+                metrics.TARGET_STATE.labels(target=h["target"], state=state).set(1 if h["state"] == state else 0)
+            if "pending" in h:
+                metrics.TARGET_PENDING.labels(target=h["target"]).set(h["pending"])
+            metrics.TARGET_NEXT_PROBE.labels(target=h["target"]).set(h.get("next_probe_at") or 0)
+        return True
+    if "probe" in record:
+        metrics.TARGET_PROBES.labels(target=record["probe"]["target"], outcome=record["probe"]["outcome"]).inc()
+        return True
+    return False
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -240,9 +274,9 @@ class Sender:
         poll_interval: float = 0.5,
         clock: Callable[[], float] = time.time,
         batch: int = 200,
-        breaker_threshold: int = 5,
-        breaker_cooldown_s: float = 30.0,
-        breaker_max_cooldown_s: float = 600.0,
+        breaker_threshold: int = 1,
+        breaker_cooldown_s: float = 1.0,
+        breaker_max_cooldown_s: float = 5.0,
         jitter: float = 0.1,
         retention_s: float | None = 7 * 86400,
         housekeeping_s: float = 5.0,
@@ -270,6 +304,8 @@ class Sender:
         self._breakers: dict[str, Breaker] = {}
         self._buckets: dict[str, tuple[float, TokenBucket]] = {}
         self._paused: dict[str, TargetPause] = {}
+        self._health: dict[str, TargetHealth] = {}
+        self._failed_probes: dict[str, int] = {}  # since the target became failing
         self._next_housekeeping = 0.0
         self._next_retention = 0.0
         self._warned_missing: dict[str, float] = {}
@@ -298,6 +334,17 @@ class Sender:
                     log.info("deliver.recovered_leases", count=n)
             except OutboxError as exc:
                 log.error("deliver.recover_failed", error=str(exc))
+        try:  # a target that was failing when we stopped is probed before anything else is sent
+            for name, health in (await self.outbox.target_health()).items():
+                if health.state == FAILING:
+                    breaker = self._breaker(name)
+                    breaker.failures = max(breaker.threshold, 1)
+                    breaker.current_cooldown = breaker.cooldown_s
+                    breaker.open_until = 0.0  # probe due now
+                    self._failed_probes[name] = max(1, health.probes)
+                    self._health[name] = health
+        except OutboxError as exc:
+            log.warning("deliver.health_not_loaded", error=str(exc))
         self._task = asyncio.create_task(self._run(), name="whazing-sender")
         log.info("deliver.started", per_ticket_order=self.per_ticket_order)
 
@@ -380,8 +427,16 @@ class Sender:
 
     def _capacity(self, targets: Mapping[str, model.Target]) -> tuple[dict[str, int], float]:
         """Free slots per target now, and how long to wait at most before looking again."""
+        caps, probes, wait = self._slots(targets)
+        caps.update(probes)
+        return caps, wait
+
+    def _slots(self, targets: Mapping[str, model.Target]) -> tuple[dict[str, int], dict[str, int], float]:
+        """Free slots per healthy target, probe slots per failing target whose probe is due,
+        and how long to wait at most before looking again."""
         mono = time.monotonic()
         caps: dict[str, int] = {}
+        probes: dict[str, int] = {}
         wait = self.poll_interval
         for name, target in targets.items():
             pause = self._paused.get(name)
@@ -394,7 +449,10 @@ class Sender:
                 caps[name] = 0
                 wait = min(wait, max(0.01, self._breakers[name].open_until - mono))
                 continue
-            free = (1 if state == "half-open" else max(1, target.concurrency)) - inflight
+            if state == "half-open":  # failing, probe due: one held delivery, nothing else
+                probes[name] = max(0, 1 - inflight)
+                continue
+            free = max(1, target.concurrency) - inflight
             bucket = self._bucket(target)
             if bucket is not None and free > 0:
                 tokens = bucket.available()
@@ -402,19 +460,26 @@ class Sender:
                     wait = min(wait, bucket.wait_s() or wait)
                 free = min(free, tokens)
             caps[name] = max(0, free)
-        return caps, wait
+        return caps, probes, wait
 
     async def _pump(self) -> tuple[int, float]:
         targets = dict(self._targets())
-        caps, wait = self._capacity(targets)
-        limit = min(self._batch, sum(caps.values()))
-        if limit <= 0:
-            return 0, wait
+        caps, probes, wait = self._slots(targets)
         lease_s = 30.0 + 2 * max((t.timeout_ms for t in targets.values()), default=10_000) / 1000
-        items = await self.outbox.claim(
-            self._clock(), limit, lease_s=lease_s, targets=caps, ordered=self.per_ticket_order
-        )
-        for item in items:
+        now = self._clock()
+        claimed: list[tuple[OutboxItem, bool]] = []
+        limit = min(self._batch, sum(caps.values()))
+        if limit > 0:
+            items = await self.outbox.claim(now, limit, lease_s=lease_s, targets=caps, ordered=self.per_ticket_order)
+            claimed += [(item, False) for item in items]
+        for name, cap in probes.items():
+            if cap > 0:
+                items = await self.outbox.claim(now, 1, lease_s=lease_s, targets={name: 1},
+                                                ordered=self.per_ticket_order, probe=True)
+                if not items:  # nothing held: probe again when something is
+                    self._breaker(name).open_until = time.monotonic() + self._breaker(name).current_cooldown
+                claimed += [(item, True) for item in items]
+        for item, probe in claimed:
             target = targets.get(item.target)
             if target is None:  # cannot happen with `targets=caps`, but an engine may be lax
                 await self.outbox.release([item.id])
@@ -423,10 +488,10 @@ class Sender:
             if bucket is not None:
                 bucket.take(1)
             self._inflight[item.target] = self._inflight.get(item.target, 0) + 1
-            task = asyncio.create_task(self._deliver(item, target), name=f"deliver-{item.id}")
+            task = asyncio.create_task(self._deliver(item, target, probe), name=f"deliver-{item.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return len(items), wait
+        return len(claimed), wait
 
     async def _housekeeping(self) -> None:
         mono = time.monotonic()
@@ -437,6 +502,11 @@ class Sender:
         by_target = await self.outbox.pending_by_target()
         metrics.OUTBOX_PENDING.set(sum(by_target.values()))
         known = self._targets()
+        self._publish({"target_health": [
+            {"target": name, "state": self._health_of(name).state, "pending": by_target.get(name, 0),
+             "next_probe_at": self._health_of(name).next_probe_at}
+            for name in sorted(set(known) | set(by_target))
+        ]})
         for name, count in by_target.items():
             if name not in known and self._warned_missing.get(name, 0.0) <= mono:
                 self._warned_missing[name] = mono + 300.0
@@ -457,12 +527,14 @@ class Sender:
 
     # ---- one delivery ----
 
-    async def _deliver(self, item: OutboxItem, target: model.Target) -> None:
+    async def _deliver(self, item: OutboxItem, target: model.Target, probe: bool = False) -> None:
         attempt_no = item.round_attempts + 1
         blog = log.bind(delivery_id=item.id, target=item.target, event_type=item.event_type,
                         ticket_id=item.ticket_id, attempt=attempt_no)
+        if probe:
+            blog = blog.bind(probe=True)
         try:
-            await self._attempt(item, target, attempt_no, blog)
+            await self._attempt(item, target, attempt_no, blog, probe)
         except asyncio.CancelledError:
             raise
         except OutboxError as exc:  # lease expires; the item goes again later (same webhook-id)
@@ -493,7 +565,8 @@ class Sender:
         except Exception:  # an observer must never break delivery
             log.exception("deliver.on_outcome_failed", delivery_id=item.id)
 
-    async def _attempt(self, item: OutboxItem, target: model.Target, attempt_no: int, blog) -> None:
+    async def _attempt(self, item: OutboxItem, target: model.Target, attempt_no: int, blog,
+                       probe: bool = False) -> None:
         assert self._session is not None
         started_at = self._clock()
         headers = build_headers(target, item.delivery, int(started_at))
@@ -531,24 +604,44 @@ class Sender:
             retry_after=parse_retry_after(retry_after_raw, now) if status in (429, 503) else None,
             location=location, jitter=self._jitter, rand=self._rand,
         )
+        counted = True
+        if probe and decision.target_failure and item.next_at > started_at:
+            # A probe ahead of the delivery's own schedule: it keeps its place in that schedule
+            # (no dead letter from probing), and its due time.
+            decision = Decision("retry", next_at=None, reason=decision.reason, target_failure=True,
+                                warning=decision.warning)
+            counted = False
         attempt = Attempt(at=started_at, status_code=status, latency_ms=round(latency * 1000, 3),
                           error=None if decision.outcome == "delivered" else decision.reason)
-        await self.outbox.record_attempt(item.id, attempt, decision.outcome, decision.next_at)  # type: ignore[arg-type]
+        await self.outbox.record_attempt(item.id, attempt, decision.outcome, decision.next_at,  # type: ignore[arg-type]
+                                         counted=counted)
 
         count_attempt(item.target, decision.outcome, latency, max(0.0, now - item.created_at))
         self._notify(item, decision, status, attempt.latency_ms, latency, max(0.0, now - item.created_at))
         breaker = self._breaker(item.target)
         mono = time.monotonic()
+        if probe:
+            self._publish({"probe": {"target": item.target,
+                                     "outcome": "success" if decision.outcome == "delivered" else "failure"}})
         if decision.outcome == "delivered":
             if breaker.success():
-                blog.info("deliver.target_recovered")
+                await self._recovered(item.target, blog)
             blog.debug("deliver.delivered", status=status, latency_ms=attempt.latency_ms)
             return
-        if decision.warning:
+        if decision.warning and not probe:
             blog.warning("deliver.n8n_not_found", status=status, hint=decision.warning)
-        if decision.target_failure and breaker.failure(mono):
-            blog.warning("deliver.target_tripped", failures=breaker.failures,
-                         cooldown_s=breaker.current_cooldown, reason=decision.reason)
+        if decision.target_failure:
+            if probe:
+                self._failed_probes[item.target] = self._failed_probes.get(item.target, 0) + 1
+            if breaker.failure(mono):
+                retry_after = parse_retry_after(retry_after_raw, now) if status in (429, 503) else None
+                if retry_after is not None:  # the receiver said how long: probe no sooner
+                    breaker.open_until = max(breaker.open_until, mono + min(retry_after, MAX_RETRY_AFTER_S))
+                await self._failing(item.target, breaker, decision.reason, blog, tripped=not probe)
+        if probe and decision.outcome == "retry":
+            blog.info("deliver.probe_failed", status=status, reason=decision.reason,
+                      next_probe_in_s=round(max(0.0, breaker.open_until - mono), 3))
+            return
         if decision.outcome == "retry":
             blog.info("deliver.retry", status=status, reason=decision.reason,
                       in_s=round((decision.next_at or now) - now, 3))
@@ -558,5 +651,60 @@ class Sender:
             pause = TargetPause(target=item.target, url=target.url, reason=decision.reason or "410 Gone", at=now)
             self._paused[item.target] = pause
             await self.outbox.pause_target(pause)
+            await self._set_health(TargetHealth(item.target, PAUSED, since=now, last_error=pause.reason))
             blog.error("deliver.target_gone", url=target.url,
                        hint="target paused; resume with `whazing-gateway deliveries retry --target NAME`")
+
+    # ---- target health ----
+
+    def _health_of(self, name: str) -> TargetHealth:
+        pause = self._paused.get(name)
+        if pause is not None:
+            known = self._targets().get(name)
+            if known is not None and known.url == pause.url:
+                return TargetHealth(name, PAUSED, since=pause.at, last_error=pause.reason)
+        return self._health.get(name) or TargetHealth(name, HEALTHY, updated_at=0.0)
+
+    def _publish(self, record: dict) -> None:
+        """Metrics here, and the same record to a parent process (delivery worker)."""
+        publish_target_health(record)
+        if self.on_attempt is not None:
+            try:
+                self.on_attempt(record)
+            except Exception:  # an observer must never break delivery
+                log.exception("deliver.on_attempt_failed")
+
+    async def _set_health(self, health: TargetHealth) -> None:
+        self._health[health.target] = health
+        self._publish({"target_health": [{"target": health.target, "state": health.state,
+                                          "next_probe_at": health.next_probe_at}]})
+        try:
+            await self.outbox.set_target_health(health)
+        except OutboxError as exc:  # only the CLI's view is stale; delivery goes on
+            log.warning("deliver.health_not_saved", target=health.target, error=str(exc))
+
+    async def _failing(self, name: str, breaker: Breaker, reason: str | None, blog, *, tripped: bool) -> None:
+        now = self._clock()
+        before = self._health.get(name)
+        since = before.since if before is not None and before.state == FAILING else now
+        next_probe_at = now + max(0.0, breaker.open_until - time.monotonic())
+        probes = self._failed_probes.get(name, 0)
+        await self._set_health(TargetHealth(name, FAILING, failures=breaker.failures, since=since,
+                                            next_probe_at=next_probe_at, last_error=reason, probes=probes, updated_at=now))
+        if tripped:
+            blog.warning("deliver.target_failing", failures=breaker.failures, reason=reason,
+                         next_probe_in_s=round(next_probe_at - now, 3),
+                         hint="held back; probed with one delivery at a time until it answers")
+
+    async def _recovered(self, name: str, blog) -> None:
+        """The target answers again: what was held goes out now, in order (not at its retry time)."""
+        now = self._clock()
+        before = self._health.get(name)
+        failed_probes = self._failed_probes.pop(name, 0)
+        released = 0
+        if failed_probes:  # it was down, not one delivery failing on its own: release the rest
+            released = await self.outbox.wake_target(name, now)
+        await self._set_health(TargetHealth(name, HEALTHY, since=now, updated_at=now))
+        self._wake.set()
+        blog.info("deliver.target_recovered", failed_probes=failed_probes, released=released,
+                  down_s=round(now - before.since, 3) if before is not None else None)

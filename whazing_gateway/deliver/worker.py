@@ -91,7 +91,7 @@ async def serve(settings) -> int:
         # its own local spool: only the parent puts, but two processes must never share one file
         settings = dataclasses.replace(settings, data_dir=settings.data_dir / "worker")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    holder = _Rules(initial_rules(settings))
+    holder = _Rules(initial_rules(settings, quiet=True))
     outbox = open_outbox(settings)
     await outbox.open()
     sender = Sender(outbox, lambda: holder.rules.targets, per_ticket_order=settings.per_ticket_order,
@@ -189,12 +189,14 @@ class WorkerProcess:
             backoff = min(backoff * 2, 30.0)
 
     def _mirror(self, line: bytes, metrics) -> None:
-        from whazing_gateway.deliver.sender import count_attempt
+        from whazing_gateway.deliver.sender import count_attempt, publish_target_health
 
         try:
             rec = json.loads(line)
             if "pending" in rec:
                 metrics.OUTBOX_PENDING.set(rec["pending"])
+                return
+            if publish_target_health(rec):
                 return
             count_attempt(rec["target"], rec["outcome"], rec["latency_s"], rec["age_s"])
             if self.on_delivery is not None:

@@ -215,14 +215,26 @@ class Gateway:
         self.annotate = view is not None or self.recording
         notes = self.notes if self.annotate else None
         self.frame_limit = self.settings.inspect_max_bytes
+        _gateway_errors_are_not_fatal()
         self.services = Services(self.settings, on_result=notes and notes.on_result,
                                  on_delivery=notes and notes.on_delivery)
         self.services.start_soon()
 
     async def done(self) -> None:
         if self.services is not None:
+            import time
+
+            t0 = time.monotonic()
+            pipeline = getattr(self.services, "pipeline", None)
+            queue = getattr(pipeline, "queue", None)
+            queued = queue.qsize() if queue is not None else None
+            log.info("gateway stopping", observations_queued=queued,
+                     hint="draining: queued observations are inferred and committed before exit")
             await self.services.stop()
             self.services = None
+            log.info("gateway stopped", observations_drained=queued,
+                     deliveries_pending=int(metrics.REGISTRY.get_sample_value("whazing_gateway_outbox_pending") or 0),
+                     took_s=round(time.monotonic() - t0, 3))
 
     # -- hot path ----------------------------------------------------------------------------
     def _submit(self, flow, record) -> None:
@@ -280,3 +292,14 @@ class Gateway:
         self.errors.error(f"hook_{hook}", "gateway hook failed; the flow goes on untouched",
                           error=repr(exc), flow_id=getattr(flow, "id", None))
 
+
+def _gateway_errors_are_not_fatal() -> None:
+    """mitmproxy exits 1 when anything logs an error during startup. The gateway's own errors
+    (rules refused, outbox unwritable) never stop the proxy: it passes traffic and says why, and
+    the hot reload picks up a fixed rules file. Only mitmproxy's own startup errors stay fatal."""
+    import logging
+
+    check = ctx.master.addons.get("errorcheck")
+    handler = getattr(check, "logger", None)
+    if isinstance(handler, logging.Handler):
+        handler.addFilter(lambda record: not record.name.startswith("whazing_gateway"))

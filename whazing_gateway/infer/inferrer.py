@@ -304,6 +304,16 @@ class Inferrer:
             return []
         new = snapshot(ticket)
         if old is None:
+            fresh = may_create and looks_new(ticket)
+            if ticket.get("isCreated") is not True and (
+                    (fresh and ticket.get("status") == CLOSED) or (not fresh and await self._created_while_away(ticket))):
+                # Its creation push was missed (the gateway was away, or the ticket closed at
+                # once): the creation, then what changed since, under the ids they would have
+                # had live (infer/catchup.py).
+                from whazing_gateway.infer.catchup import creation_of
+
+                events = await self.ticket_seen(creation_of(ticket), tenant_id, ts, source, flow_id)
+                return events + await self.ticket_seen(ticket, tenant_id, ts, source, flow_id, may_create=False)
             self._set(key, new, self.settings.ticket_ttl_s)
             if not (may_create and looks_new(ticket)):
                 return []  # first sighting of an old ticket: no event
@@ -324,6 +334,14 @@ class Inferrer:
                             *(f"{f}={old.get(f)}>{new[f]}" for f in TRACKED), new["updatedAt"])
             found.append((etype, changes, eid, None))
         return await self._emit(found, ticket, tenant_id, ticket_id, event_time(new["updatedAt"], ts), source, flow_id)
+
+    async def _created_while_away(self, ticket: Mapping[str, Any]) -> bool:
+        """Created after the catch-up watermark (until then the gateway saw everything), yet never
+        seen: its creation happened while the gateway was away."""
+        from whazing_gateway.infer.catchup import WATERMARK_KEY
+
+        since, created = await self._get(WATERMARK_KEY), _ts(ticket.get("createdAt"))
+        return isinstance(since, (int, float)) and created is not None and created >= since
 
     async def _emit(self, found, ticket, tenant_id, ticket_id, ts, source, flow_id) -> list[Event]:
         if not found:

@@ -84,6 +84,30 @@ DEAD_LETTERS = Counter(
     ["target"],
     registry=REGISTRY,
 )
+TARGET_STATE = Gauge(
+    "whazing_gateway_target_state",
+    "1 for the current delivery health of each target (healthy, failing, paused)",
+    ["target", "state"],
+    registry=REGISTRY,
+)
+TARGET_PENDING = Gauge(
+    "whazing_gateway_target_pending",
+    "Deliveries waiting for each target (held while it is failing or paused)",
+    ["target"],
+    registry=REGISTRY,
+)
+TARGET_NEXT_PROBE = Gauge(
+    "whazing_gateway_target_next_probe_timestamp_seconds",
+    "When a failing target is probed next (unix seconds; 0 while healthy)",
+    ["target"],
+    registry=REGISTRY,
+)
+TARGET_PROBES = Counter(
+    "whazing_gateway_target_probes_total",
+    "Probes of failing targets (one held delivery) by outcome (success, failure)",
+    ["target", "outcome"],
+    registry=REGISTRY,
+)
 DELIVERY_LATENCY = Histogram(
     "whazing_gateway_delivery_latency_seconds",
     "HTTP latency of one delivery attempt",
@@ -107,6 +131,23 @@ RULES_RELOADS = Counter(
 SPOOL_DROPPED = Counter(
     "whazing_gateway_spool_dropped_total",
     "Deliveries lost because the local spool overflowed while Redis was down",
+    registry=REGISTRY,
+)
+CATCHUP_RUNS = Counter(
+    "whazing_gateway_catchup_runs_total",
+    "Catch-ups after a (re)start or an observer reconnect, by outcome (ok, failed, skipped)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CATCHUP_TICKETS = Counter(
+    "whazing_gateway_catchup_tickets_total",
+    "Tickets the catch-up found changed while the gateway was away (created, changed)",
+    ["kind"],
+    registry=REGISTRY,
+)
+CATCHUP_MESSAGE_GAPS = Counter(
+    "whazing_gateway_catchup_message_gaps_total",
+    "Tickets with messages missed while the gateway was away (not fetched: that marks them read)",
     registry=REGISTRY,
 )
 OBSERVER_CONNECTED = Gauge(

@@ -1,11 +1,13 @@
-"""`whazing-gateway deliveries list|show|retry|purge|test`: look into the outbox and replay from it.
+"""`whazing-gateway deliveries list|show|retry|purge|test|targets`: look into the outbox and replay from it.
 
 Works on the outbox named by gateway.yaml (`--config`), or by the environment variable
 `WHAZING_GATEWAY_OUTBOX` (a sqlite file path, for scripts and tests). Safe to run while the
 gateway runs: SQLite in WAL mode lets it read, and its writes wait for the gateway's.
 `retry` also resumes a target paused by a `410 Gone`, so a replay reaches it. `test TARGET`
 queues Whazing's "test" button body for one target, so the running gateway's worker sends it
-like any webhook (signed, with the target's headers) and `--wait` reports the outcome.
+like any webhook (signed, with the target's headers) and `--wait` reports the outcome. `purge` with no
+filter would empty the outbox of every finished delivery: it asks first on a terminal, and needs
+`--yes` otherwise. `targets` shows each target's health as the Sender last wrote it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 from whazing_gateway import model
 from whazing_gateway.ops.logs import mask_url
-from whazing_gateway.outbox.base import DEAD, DELIVERED, Attempt, Outbox, OutboxFilter, OutboxItem
+from whazing_gateway.outbox.base import DEAD, DELIVERED, HEALTHY, Attempt, Outbox, OutboxFilter, OutboxItem
 
 ENV_OUTBOX = "WHAZING_GATEWAY_OUTBOX"
 
@@ -164,12 +166,60 @@ async def _send_test(args: Any, outbox: Outbox, out) -> int:
     if not args.wait:
         return 0
     return 0 if result["status"] == DELIVERED else 1
+def _unfiltered(flt: OutboxFilter) -> bool:
+    return not flt.ids and all(v is None for v in (flt.target, flt.event_type, flt.status, flt.since, flt.until))
+
+
+def confirm_purge_all(args: Any, ask: Callable[[str], str] | None = None, interactive: bool | None = None) -> bool:
+    """`purge` with no filter: True with --yes, or when a person at a terminal says yes."""
+    if getattr(args, "yes", False):
+        return True
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    if not interactive:
+        sys.stderr.write("purge with no filter deletes every delivered and dead delivery: "
+                         "add --yes (or a filter such as --status dead --until DATE)\n")
+        return False
+    answer = (ask or input)("Delete every delivered and dead delivery (pending ones are kept)? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def targets_report(outbox: Outbox) -> list[dict[str, Any]]:
+    """Per target: its health (as the Sender wrote it), a 410 pause, and how many wait for it."""
+    health = await outbox.target_health()
+    paused = await outbox.paused_targets()
+    pending = await outbox.pending_by_target()
+    rows = []
+    for name in sorted(set(health) | set(paused) | set(pending)):
+        h = health.get(name)
+        p = paused.get(name)
+        rows.append({
+            "target": name,
+            "state": "paused" if p is not None else (h.state if h is not None else HEALTHY),
+            "since": _iso(p.at if p is not None else (h.since if h and h.since else None)),
+            "failures": h.failures if h is not None else 0,
+            "failed_probes": h.probes if h is not None else 0,
+            "next_probe": _iso(h.next_probe_at) if h is not None and p is None and h.state != HEALTHY else None,
+            "held": pending.get(name, 0),
+            "last_error": p.reason if p is not None else (h.last_error if h is not None else None),
+        })
+    return rows
 
 
 async def _run(args: Any, outbox: Outbox, out) -> int:
     action = args.action
     if action == "test":
         return await _send_test(args, outbox, out)
+    if action == "targets":
+        report = await targets_report(outbox)
+        if args.json:
+            out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            return 0
+        out.write(_table([[r["target"], r["state"], r["since"], str(r["failures"]), str(r["failed_probes"]),
+                           r["next_probe"] or "-", str(r["held"]), (r["last_error"] or "")[:60]] for r in report],
+                         ["target", "state", "since", "failures", "failed probes", "next probe", "held", "last error"])
+                  if report else "no targets seen yet\n")
+        return 0
     if action == "show":
         found = await outbox.get(args.id)
         if found is None:
@@ -218,6 +268,9 @@ async def _run(args: Any, outbox: Outbox, out) -> int:
                 out.write(f"target {name} resumed (was paused)\n")
         return 0
     if action == "purge":
+        if _unfiltered(flt) and not confirm_purge_all(args):
+            out.write(json.dumps({"purged": 0, "refused": True}) + "\n" if args.json else "nothing purged\n")
+            return 1
         count = await outbox.purge(OutboxFilter(**{**_fields(flt), "limit": None}))
         out.write(json.dumps({"purged": count}) + "\n" if args.json else f"{count} deliveries purged\n")
         return 0

@@ -139,6 +139,29 @@ class TargetPause:
     at: float = field(default_factory=time.time)
 
 
+# Health of a target, as the Sender sees it (and `deliveries targets` shows it).
+HEALTHY = "healthy"
+FAILING = "failing"  # its last attempts failed: held back, probed with backoff
+PAUSED = "paused"  # 410 Gone: nothing is sent until an admin resumes it
+TARGET_STATES = (HEALTHY, FAILING, PAUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHealth:
+    """One target's delivery health, written by the Sender on every change so that the admin
+    CLI (another process) and a parent process's /metrics can show it. `failures` counts the
+    consecutive failed attempts; `next_probe_at` (unix s) is when a failing target is tried again."""
+
+    target: str
+    state: str = HEALTHY
+    failures: int = 0
+    since: float = 0.0
+    next_probe_at: float | None = None
+    last_error: str | None = None
+    probes: int = 0
+    updated_at: float = field(default_factory=time.time)
+
+
 class Outbox(abc.ABC):
     """Durable queue of deliveries. All methods are coroutines and never block the event loop.
 
@@ -156,8 +179,22 @@ class Outbox(abc.ABC):
 
     @property
     def last_error(self) -> str | None:
-        """The most recent failure (kept after recovery, for /healthz to show)."""
+        """Why the outbox is unhealthy NOW; None once it works again (/readyz shows the current
+        state, never an error that is over)."""
+        return self._last_error if self._troubled() else None
+
+    def _troubled(self) -> bool:
+        """Is something wrong right now? Engines with a degraded-but-working mode say so too."""
+        return not self._healthy
+
+    @property
+    def previous_error(self) -> str | None:
+        """The most recent failure, kept after recovery (with `previous_error_at`)."""
         return self._last_error
+
+    @property
+    def previous_error_at(self) -> float | None:
+        return self._last_error_at
 
     def _failed(self, exc: BaseException) -> None:
         from whazing_gateway.ops import metrics
@@ -196,6 +233,7 @@ class Outbox(abc.ABC):
         lease_s: float = 60.0,
         targets: Mapping[str, int] | None = None,
         ordered: bool = True,
+        probe: bool = False,
     ) -> list[OutboxItem]:
         """Lease and return up to `limit` pending items with next_at <= now and no live lease.
 
@@ -204,14 +242,32 @@ class Outbox(abc.ABC):
         item (by acceptance order) may be returned, and only when it is due and not leased;
         items without an order_key are independent. Oldest-first. The lease ends at
         now + lease_s; an item whose lease expired is claimable again (crashed worker).
+
+        `probe`: the Sender probes a failing target: next_at is ignored (held items qualify)
+        and the least recently attempted claimable items come first (then acceptance order),
+        so one delivery that fails on its own cannot be the only probe for ever.
         """
 
     @abc.abstractmethod
     async def record_attempt(
-        self, item_id: str, attempt: Attempt, outcome: Outcome, next_at: float | None
+        self, item_id: str, attempt: Attempt, outcome: Outcome, next_at: float | None,
+        *, counted: bool = True,
     ) -> None:
         """Store the attempt and move the item: delivered / dead (final) or pending again at
-        `next_at` (retry). Clears the lease. Unknown ids are ignored."""
+        `next_at` (retry). Clears the lease. Unknown ids are ignored. `counted=False` (a probe
+        that was not due by its own schedule) keeps `round_attempts`: a probe never moves a
+        delivery closer to its dead letter."""
+
+    @abc.abstractmethod
+    async def wake_target(self, target: str, now: float) -> int:
+        """Make every pending, unleased delivery of `target` that already failed and waits for
+        its retry due at `now` (a probe succeeded: the target is back). Returns how many."""
+
+    @abc.abstractmethod
+    async def set_target_health(self, health: TargetHealth) -> None: ...
+
+    @abc.abstractmethod
+    async def target_health(self) -> dict[str, TargetHealth]: ...
 
     @abc.abstractmethod
     async def release(self, item_ids: Sequence[str], next_at: float | None = None) -> None:

@@ -33,6 +33,7 @@ from whazing_gateway.outbox.base import (
     OutboxFilter,
     OutboxItem,
     Outcome,
+    TargetHealth,
     TargetPause,
 )
 from whazing_gateway.outbox.spool import Spool
@@ -208,6 +209,9 @@ class RedisOutbox(Outbox):
 
     def _error(self, exc: BaseException) -> OutboxError:
         return OutboxError(f"redis outbox {self.redis_url}: {type(exc).__name__}: {exc}")
+
+    def _troubled(self) -> bool:
+        return not self._healthy or self._redis_down  # spooling: accepted, but not shared yet
 
     def _went_down(self, exc: BaseException) -> None:
         if not self._redis_down:
@@ -393,10 +397,12 @@ class RedisOutbox(Outbox):
     # ---- the Sender's side ------------------------------------------------------------------
 
     async def claim(self, now: float, limit: int, *, lease_s: float = 60.0,
-                    targets: Mapping[str, int] | None = None, ordered: bool = True) -> list[OutboxItem]:
+                    targets: Mapping[str, int] | None = None, ordered: bool = True,
+                    probe: bool = False) -> list[OutboxItem]:
         if limit <= 0:
             return []
-        args: list = [repr(float(now)), limit, repr(float(now) + lease_s), self.replica_id, "1" if ordered else "0"]
+        args: list = [repr(float(now)), limit, repr(float(now) + lease_s), self.replica_id, "1" if ordered else "0",
+                      "1" if probe else "0"]
         if targets is not None:
             caps = [(name, cap) for name, cap in targets.items() if cap > 0]
             if not caps:
@@ -407,7 +413,7 @@ class RedisOutbox(Outbox):
         return [_item_from_hash(_pairs(r)) for r in rows]
 
     async def record_attempt(self, item_id: str, attempt: Attempt, outcome: Outcome,
-                             next_at: float | None) -> None:
+                             next_at: float | None, *, counted: bool = True) -> None:
         status = {"delivered": DELIVERED, "retry": PENDING, "dead": DEAD}[outcome]
         attempt = dataclasses.replace(attempt, error=mask_url(attempt.error)) if attempt.error else attempt
         last_error = attempt.error
@@ -416,7 +422,8 @@ class RedisOutbox(Outbox):
         record = json.dumps({"at": attempt.at, "status_code": attempt.status_code,
                              "latency_ms": attempt.latency_ms, "error": attempt.error})
         args = [item_id, status, _arg(None if next_at is None else float(next_at)),
-                _arg(last_error), _arg(attempt.status_code), repr(self._clock()), record]
+                _arg(last_error), _arg(attempt.status_code), repr(self._clock()), record,
+                "1" if counted else "0"]
         if not self._opened:
             raise OutboxError("outbox is not open")
         try:
@@ -434,6 +441,9 @@ class RedisOutbox(Outbox):
         ids = list(item_ids)
         if ids:
             await self._call("release", [_arg(None if next_at is None else float(next_at)), *ids])
+
+    async def wake_target(self, target: str, now: float) -> int:
+        return int(await self._call("wake", [target, repr(float(now))]))
 
     async def recover(self) -> int:
         """Shared engine: our own leases cannot be told from a live twin's, so nothing of ours
@@ -488,6 +498,14 @@ class RedisOutbox(Outbox):
             v = json.loads(value)
             out[name.decode()] = TargetPause(target=name.decode(), url=v["url"], reason=v["reason"], at=v["at"])
         return out
+
+    async def set_target_health(self, health: TargetHealth) -> None:
+        value = json.dumps({k: getattr(health, k) for k in TargetHealth.__slots__ if k != "target"})
+        await self._redis(lambda r: r.hset(self._p + "health", health.target, value))
+
+    async def target_health(self) -> dict[str, TargetHealth]:
+        raw = await self._redis(lambda r: r.hgetall(self._p + "health"))
+        return {name.decode(): TargetHealth(target=name.decode(), **json.loads(value)) for name, value in raw.items()}
 
     # ---- admin ------------------------------------------------------------------------------
 
@@ -565,7 +583,7 @@ def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("lua")
     common = folder.joinpath("common.lua").read_text()
     return {name: common + folder.joinpath(f"{name}.lua").read_text()
-            for name in ("put", "claim", "record", "release", "reap", "requeue", "purge")}
+            for name in ("put", "claim", "record", "release", "reap", "requeue", "purge", "wake")}
 
 
 _SCRIPTS = _load_scripts()

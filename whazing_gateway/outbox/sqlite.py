@@ -35,6 +35,7 @@ from whazing_gateway.outbox.base import (
     OutboxFilter,
     OutboxItem,
     Outcome,
+    TargetHealth,
     TargetPause,
 )
 
@@ -79,6 +80,16 @@ CREATE TABLE IF NOT EXISTS paused_targets (
     url    TEXT NOT NULL,
     reason TEXT NOT NULL,
     at     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS target_health (
+    target        TEXT PRIMARY KEY,
+    state         TEXT NOT NULL,
+    failures      INTEGER NOT NULL,
+    since         REAL NOT NULL,
+    next_probe_at REAL,
+    last_error    TEXT,
+    probes        INTEGER NOT NULL,
+    updated_at    REAL NOT NULL
 );
 """
 
@@ -326,6 +337,7 @@ class SqliteOutbox(Outbox):
         lease_s: float = 60.0,
         targets: Mapping[str, int] | None = None,
         ordered: bool = True,
+        probe: bool = False,
     ) -> list[OutboxItem]:
         if limit <= 0:
             return []
@@ -333,7 +345,7 @@ class SqliteOutbox(Outbox):
         # may pick the heads index and sort the whole backlog on every claim.
         base = (
             f"SELECT {_COLUMNS}, seq FROM deliveries d INDEXED BY {{index}}"
-            " WHERE d.status = 'pending' AND d.next_at <= :now"
+            " WHERE d.status = 'pending'" + ("" if probe else " AND d.next_at <= :now") +
             " AND (d.lease_until IS NULL OR d.lease_until <= :now)"
         )
         if ordered:
@@ -342,7 +354,8 @@ class SqliteOutbox(Outbox):
                 " WHERE p.status = 'pending' AND p.target = d.target AND p.order_key = d.order_key"
                 " AND p.seq < d.seq))"
             )
-        order = " ORDER BY d.next_at, d.seq LIMIT :limit"
+        sort_col = 16 if probe else 12  # updated_at (least recently tried first) or next_at
+        order = f" ORDER BY d.{'updated_at' if probe else 'next_at'}, d.seq LIMIT :limit"
         if targets is None:
             queries = [(base.format(index="deliveries_due") + order, {"now": now, "limit": limit})]
         else:
@@ -356,7 +369,7 @@ class SqliteOutbox(Outbox):
             rows: list[Any] = []
             for sql, args in queries:
                 rows.extend(conn.execute(sql, args).fetchall())
-            rows.sort(key=lambda r: (r[12], r[-1]))  # next_at, seq
+            rows.sort(key=lambda r: (r[sort_col], r[-1]))
             rows = rows[:limit]
             if not rows:
                 return []
@@ -373,7 +386,8 @@ class SqliteOutbox(Outbox):
         return await self._call(op)
 
     async def record_attempt(
-        self, item_id: str, attempt: Attempt, outcome: Outcome, next_at: float | None
+        self, item_id: str, attempt: Attempt, outcome: Outcome, next_at: float | None,
+        *, counted: bool = True,
     ) -> None:
         status = {"delivered": DELIVERED, "retry": PENDING, "dead": DEAD}[outcome]
         now = self._clock()
@@ -385,9 +399,9 @@ class SqliteOutbox(Outbox):
         def op(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                " round_attempts = round_attempts + 1, next_at = COALESCE(?, next_at),"
+                " round_attempts = round_attempts + ?, next_at = COALESCE(?, next_at),"
                 " lease_until = NULL, last_error = ?, last_status = ?, updated_at = ? WHERE id = ?",
-                (status, next_at, last_error, attempt.status_code, now, item_id),
+                (status, 1 if counted else 0, next_at, last_error, attempt.status_code, now, item_id),
             )
             if cur.rowcount:
                 conn.execute(
@@ -411,6 +425,16 @@ class SqliteOutbox(Outbox):
             )
 
         await self._call(op)
+
+    async def wake_target(self, target: str, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE deliveries SET next_at = ? WHERE target = ? AND status = 'pending'"
+                " AND next_at > ? AND attempts > 0 AND (lease_until IS NULL OR lease_until <= ?)",
+                (now, target, now, now),
+            ).rowcount
+
+        return await self._call(op)
 
     async def recover(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -451,6 +475,23 @@ class SqliteOutbox(Outbox):
         def op(conn: sqlite3.Connection) -> dict[str, TargetPause]:
             rows = conn.execute("SELECT target, url, reason, at FROM paused_targets").fetchall()
             return {r[0]: TargetPause(target=r[0], url=r[1], reason=r[2], at=r[3]) for r in rows}
+
+        return await self._call(op, write=False)
+
+    async def set_target_health(self, health: TargetHealth) -> None:
+        h = health
+        await self._call(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO target_health (target, state, failures, since, next_probe_at,"
+            " last_error, probes, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            (h.target, h.state, h.failures, h.since, h.next_probe_at, h.last_error, h.probes, h.updated_at),
+        ) and None)
+
+    async def target_health(self) -> dict[str, TargetHealth]:
+        def op(conn: sqlite3.Connection) -> dict[str, TargetHealth]:
+            rows = conn.execute(
+                "SELECT target, state, failures, since, next_probe_at, last_error, probes, updated_at"
+                " FROM target_health").fetchall()
+            return {r[0]: TargetHealth(*r) for r in rows}
 
         return await self._call(op, write=False)
 

@@ -27,7 +27,7 @@ from whazing_gateway.state.memory import MemoryState
 
 if TYPE_CHECKING:
     from whazing_gateway.config.reload import RulesWatcher
-    from whazing_gateway.edge.observer import Observer
+    from whazing_gateway.edge.observer import CatchUp, Observer
     from whazing_gateway.ops.server import OpsServer
 
 log = structlog.get_logger(__name__)
@@ -38,6 +38,10 @@ def make_state(settings: Settings):
         from whazing_gateway.state.redis import RedisState, redis_client
 
         return RedisState(redis_client(settings.redis_url), settings.redis_prefix)
+    if settings.data_dir is not None:  # kept across restarts, for the catch-up
+        from whazing_gateway.state.sqlite import SqliteState
+
+        return SqliteState(os.path.join(settings.data_dir, "state.db"))
     return MemoryState()
 
 
@@ -62,8 +66,10 @@ class Services:
         self.outbox = None
         self.pipeline: Pipeline | None = None
         self.pipeline_process = None
+        # The inference's state. With a pipeline process, this process still reads it (and keeps the
+        # catch-up watermark in it): what was known before a restart tells the catch-up what changed.
+        self.state = make_state(settings)
         if not self.child_mode or not worker:  # this process routes or sends: it needs the rules
-            self.state = make_state(settings)
             self.router = Router(initial_rules(settings), self.state, MediaFetcher.from_settings(settings))
             local = settings
             if self.child_mode and settings.storage_backend == "redis":  # the child has data_dir's spool
@@ -104,6 +110,7 @@ class Services:
         self.ops: OpsServer | None = None
         self.watcher: RulesWatcher | None = None
         self.observer: Observer | None = None
+        self.catchup: CatchUp | None = None
         self._start_task: asyncio.Task | None = None
 
     def start_soon(self) -> None:
@@ -130,6 +137,12 @@ class Services:
             await self.sender.start()
         else:
             self.sender.start()  # the worker process is spawned and supervised by a task
+        from whazing_gateway.infer.catchup import WATERMARK_KEY
+
+        try:  # load the persisted state before the pipeline process writes anything new to it
+            await self.state.get(WATERMARK_KEY)
+        except Exception as exc:  # Redis down: the catch-up retries on its own
+            log.warning("state not readable at start", error=repr(exc))
         if self.pipeline_process is not None:
             if isinstance(self.feed, JournalWriter) and not self.feed.started:
                 self.feed.start()
@@ -155,11 +168,15 @@ class Services:
             self.watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
                                         on_reload=register_rule_secrets)
             self.watcher.start()
-        from whazing_gateway.edge.observer import Observer
+        from whazing_gateway.edge.observer import CatchUp, Observer
 
         self.observer = Observer.from_settings(s)
         if self.observer is not None:
             self.observer.start()
+        # what changed while we were away, fed to the pipeline like any pushed frame
+        self.catchup = CatchUp.from_settings(s, self.state, self.feed.submit, self.observer)
+        if self.catchup is not None:
+            self.catchup.start()
         log.info("gateway started", upstream=s.upstream, listen=f"{s.listen_host}:{s.listen_port}",
                  storage=s.storage_backend,
                  pipeline="own process" if self.pipeline_process is not None else "in the proxy",
@@ -168,6 +185,8 @@ class Services:
     async def stop(self) -> None:
         if self._start_task is not None and not self._start_task.done():
             await self._start_task
+        if self.catchup is not None:
+            await self.catchup.stop()
         if self.observer is not None:
             await self.observer.stop()
         if self.watcher is not None:
@@ -183,3 +202,6 @@ class Services:
             await self.ops.stop()
         if self.outbox is not None:
             await self.outbox.close()
+        close_state = getattr(self.state, "close", None)
+        if close_state is not None:  # the persisted state's last writes
+            await close_state()

@@ -4,7 +4,7 @@ if redis.call('EXISTS', dk) == 0 then return 0 end
 local cur = redis.call('HMGET', dk, 'status', 'target', 'order_key', 'owner')
 redis.call('RPUSH', P .. 'a:' .. id, ARGV[8])
 redis.call('HINCRBY', dk, 'attempts', 1)
-redis.call('HINCRBY', dk, 'round_attempts', 1)
+if ARGV[9] ~= '0' then redis.call('HINCRBY', dk, 'round_attempts', 1) end  -- a probe does not count
 redis.call('HSET', dk, 'updated_at', now)
 if err ~= NONE then redis.call('HSET', dk, 'last_error', err) else redis.call('HDEL', dk, 'last_error') end
 if code ~= NONE then redis.call('HSET', dk, 'last_status', code) else redis.call('HDEL', dk, 'last_status') end
