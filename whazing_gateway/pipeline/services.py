@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
 from whazing_gateway.config import Settings
 from whazing_gateway.config.reload import initial_rules, register_rule_secrets
+from whazing_gateway.deliver.kinds import DeliverySender
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.pipeline.core import Pipeline, Result
 from whazing_gateway.route.router import Router
 from whazing_gateway.state.memory import MemoryState
+
+if TYPE_CHECKING:
+    from whazing_gateway.config.reload import RulesWatcher
+    from whazing_gateway.edge.observer import Observer
+    from whazing_gateway.ops.server import OpsServer
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +34,7 @@ def make_state(settings: Settings):
     if settings.storage_backend == "redis":
         from whazing_gateway.state.redis import RedisState, redis_client
 
+        assert settings.redis_url, "storage.redis.url is required with the redis backend (checked by the config)"
         return RedisState(redis_client(settings.redis_url), settings.redis_prefix)
     return MemoryState()
 
@@ -47,20 +54,21 @@ class Services:
         self.router = Router(initial_rules(settings), self.state)
         self.inferrer = Inferrer(self.state)
         self.outbox = open_outbox(settings)
+        self.sender: DeliverySender
         if settings.delivery_worker == "process" and settings.config_path is not None:
             from whazing_gateway.deliver.worker import WorkerProcess
 
-            self.sender = WorkerProcess(settings.config_path, on_delivery=on_delivery)
+            self.sender = WorkerProcess(settings.config_path)
         else:
             self.sender = Sender(self.outbox, lambda: self.router.rules.targets,
                                  per_ticket_order=settings.per_ticket_order)
-            self.sender.on_outcome = on_delivery
+        self.sender.on_outcome = on_delivery
         self.pipeline = Pipeline(self.inferrer, self.router.route, self.outbox.put,
                                  json_limit=settings.inspect_max_bytes, on_result=on_result,
                                  wake=self.sender.wake)
-        self.ops = None
-        self.watcher = None
-        self.observer = None
+        self.ops: OpsServer | None = None
+        self.watcher: RulesWatcher | None = None
+        self.observer: Observer | None = None
         self._start_task: asyncio.Task | None = None
 
     def start_soon(self) -> None:
@@ -74,29 +82,26 @@ class Services:
             await self.outbox.open()
         except Exception as exc:  # the proxy keeps passing traffic; /readyz says why
             log.error("outbox could not be opened: events are inferred but not accepted", error=repr(exc))
-        if isinstance(self.sender, Sender):
-            await self.sender.start()
-        else:
-            self.sender.start()  # the worker process is spawned and supervised by a task
+        await self.sender.start()  # a worker process is spawned and supervised by a task
         self.pipeline.start()
         if s.metrics_port:
             from whazing_gateway.ops.server import OpsServer, directory_writable, tcp_listening
 
-            self.ops = OpsServer(s.metrics_host, s.metrics_port)
-            self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
-            self.ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
-            self.ops.add_check("data_dir", directory_writable(s.data_dir))
+            self.ops = ops = OpsServer(s.metrics_host, s.metrics_port)
+            ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
+            ops.add_check("outbox", lambda: (self.outbox.healthy, self.outbox.last_error or "ok"))
+            ops.add_check("data_dir", directory_writable(s.data_dir))
             try:
-                await self.ops.start()
+                await ops.start()
             except OSError as exc:
                 log.error("metrics port unavailable", port=s.metrics_port, error=str(exc))
                 self.ops = None
         if s.rules_reload_s:
             from whazing_gateway.config.reload import RulesWatcher
 
-            self.watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
-                                        on_reload=register_rule_secrets)
-            self.watcher.start()
+            self.watcher = watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
+                                                  on_reload=register_rule_secrets)
+            watcher.start()
         from whazing_gateway.edge.observer import Observer
 
         self.observer = Observer.from_settings(s)
