@@ -136,12 +136,12 @@ async def test_admin_list_filter_retry_purge(outbox):
     await outbox.record_attempt("msg_t1_2", Attempt(time.time(), 400, 1.0, "HTTP 400"), "dead", None)
 
     ids = lambda items: [i.id for i in items]  # noqa: E731
-    assert ids(await outbox.list(OutboxFilter())) == ["msg_t2_3", "msg_t1_2", "msg_t1_1"]  # newest first
-    assert ids(await outbox.list(OutboxFilter(target="t1"))) == ["msg_t1_2", "msg_t1_1"]
-    assert ids(await outbox.list(OutboxFilter(event_type=model.MESSAGE_RECEIVED, status=DEAD))) == ["msg_t1_2"]
-    assert ids(await outbox.list(OutboxFilter(since=base + 5, until=base + 20))) == ["msg_t1_2"]
-    assert ids(await outbox.list(OutboxFilter(ids=("msg_t1_1", "x")))) == ["msg_t1_1"]
-    assert len(await outbox.list(OutboxFilter(limit=1))) == 1
+    assert ids(await outbox.find(OutboxFilter())) == ["msg_t2_3", "msg_t1_2", "msg_t1_1"]  # newest first
+    assert ids(await outbox.find(OutboxFilter(target="t1"))) == ["msg_t1_2", "msg_t1_1"]
+    assert ids(await outbox.find(OutboxFilter(event_type=model.MESSAGE_RECEIVED, status=DEAD))) == ["msg_t1_2"]
+    assert ids(await outbox.find(OutboxFilter(since=base + 5, until=base + 20))) == ["msg_t1_2"]
+    assert ids(await outbox.find(OutboxFilter(ids=("msg_t1_1", "x")))) == ["msg_t1_1"]
+    assert len(await outbox.find(OutboxFilter(limit=1))) == 1
 
     # retry a dead letter: pending again, due now, schedule round restarted
     assert await outbox.retry(OutboxFilter(status=DEAD), time.time()) == 1

@@ -517,7 +517,7 @@ class RedisOutbox(Outbox):
         items = [it for it in (_item_from_hash(h) for h in found) if flt.matches(it)]
         return items if limit is None else items[:limit]
 
-    async def list(self, flt: OutboxFilter) -> list[OutboxItem]:
+    async def find(self, flt: OutboxFilter) -> list[OutboxItem]:
         return await self._redis(lambda r: self._select(flt, flt.limit))
 
     async def get(self, item_id: str) -> tuple[OutboxItem, list[Attempt]] | None:
