@@ -271,6 +271,10 @@ class GatewayChild:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
     def log_tail(self, lines: int = 25) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -398,7 +402,7 @@ class Demo:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if not gateway.alive:
-                raise DemoFailed(f"the gateway exited with code {gateway.proc.returncode}")
+                raise DemoFailed(f"the gateway exited with code {gateway.returncode}")
             try:
                 async with session.get(metrics_url + "/readyz") as r:
                     ready = r.status == 200
@@ -419,7 +423,7 @@ class Demo:
         metrics: dict = {}
         while time.monotonic() < deadline:
             if not gateway.alive:
-                raise DemoFailed(f"the gateway exited with code {gateway.proc.returncode}")
+                raise DemoFailed(f"the gateway exited with code {gateway.returncode}")
             try:
                 metrics = await self._metrics(session, metrics_url)
             except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -447,7 +451,7 @@ class Demo:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         if not gateway.alive:
-            self.say(f"the gateway stopped (code {gateway.proc.returncode})\n")
+            self.say(f"the gateway stopped (code {gateway.returncode})\n")
         self.say("stopping\n")
 
 

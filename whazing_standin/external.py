@@ -28,6 +28,7 @@ def api_config(request: web.Request, token: str | None = None) -> ApiConfig:
     header = f"Bearer {token}" if token else request.headers.get("Authorization")
     if cfg is None:
         auth.check_api_token(header, "")  # same 403 as a wrong token: no probing of api ids
+        raise auth.AuthError("Invalid token.", 403)
     auth.check_api_token(header, cfg.token)
     if not cfg.isActive:
         raise auth.AuthError("ERR_API_CONFIG_INACTIVE", 403)
@@ -48,7 +49,8 @@ async def _send_later(st: Standin, cfg: ApiConfig, data: dict[str, Any], files: 
     await asyncio.sleep(SEND_DELAY)
     try:
         async with st.lock:
-            w, emits = st.world, []
+            w = st.world
+            emits: list[services.Emit] = []
             if data.get("ticketId"):
                 t = services.get_ticket(w, cfg.tenantId, data["ticketId"])
             else:

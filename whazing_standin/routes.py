@@ -11,7 +11,7 @@ import mimetypes
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from whazing_standin import auth, services
 from whazing_standin.server import STANDIN_KEY, Standin, dumps
@@ -166,7 +166,7 @@ async def update_ticket(request: web.Request) -> web.Response:
     is_transference = bool(data.get("isTransference")) and data.get("isTransference") not in ("0", "false")
     async with st.lock:
         old_status = services.get_ticket(st.world, p.tenantId, request.match_info["ticketId"]).status
-        fields = {k: data[k] for k in ("status", "userId", "queueId") if k in data}
+        fields: dict[str, Any] = {k: data[k] for k in ("status", "userId", "queueId") if k in data}
         t, emits = services.update_ticket(st.world, p.tenantId, request.match_info["ticketId"], fields,
                                           is_transference=is_transference, request_user=p.id)
         await st.push(emits)
@@ -242,6 +242,8 @@ async def _read_send_form(st: Standin, request: web.Request, file_field: str) ->
     files: list[tuple[str, str]] = []
     reader = await request.multipart()
     async for part in reader:
+        if not isinstance(part, BodyPartReader):  # a nested multipart: not something Whazing sends
+            continue
         if part.filename and part.name == file_field:
             content = await part.read()
             name = f"{len(st.media) + 1:04d}-{part.filename}"

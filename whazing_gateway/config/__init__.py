@@ -561,7 +561,7 @@ def read_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         config_path=path,
         listen_host=listen_host,
         listen_port=listen_port,
-        upstream=upstream,
+        upstream=upstream or d.upstream,
         rules_dir=rules_dir,
         rules_reload_s=rules_reload_s,
         data_dir=data_dir,
@@ -884,7 +884,7 @@ def check_command(args: Any) -> int:
     out = sys.stdout
     for issue in issues:
         out.write(f"{issue}\n")
-    if issues:
+    if issues or rules is None:
         out.write(f"{len(issues)} error{'s' if len(issues) != 1 else ''}\n")
         out.flush()
         return 1

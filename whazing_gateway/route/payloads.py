@@ -175,4 +175,4 @@ def test_body(ts: float | None = None) -> bytes:
     return _dumps({"event": "test", "origin": "webhook-config", "timestamp": iso_utc(time.time() if ts is None else ts)})
 
 
-test_body.__test__ = False  # not a pytest test when imported into one
+test_body.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into one

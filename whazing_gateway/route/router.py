@@ -39,7 +39,7 @@ def start_event(event: model.Event) -> model.Event | None:
     if not event.message:
         return None
     msg = dict(event.message)
-    snapshot = msg.get("ticket") if isinstance(msg.get("ticket"), dict) else {}
+    snapshot = v if isinstance(v := msg.get("ticket"), dict) else {}
     msg["ticket"] = {**snapshot, **{k: v for k, v in (event.ticket or {}).items()}}
     return dataclasses.replace(
         event,
