@@ -20,14 +20,8 @@ from whazing_gateway.ops import metrics
 from whazing_gateway.outbox.redis import RedisOutbox
 from whazing_gateway.state.redis import make_client
 
-try:
-    from tests.receivers import Hang, Receiver
-    from tests.redis_replica import delivery
-    from tests.redis_server import RedisServer, redis_server, redis_server_aof  # noqa: F401
-except ImportError:
-    from receivers import Hang, Receiver
-    from redis_replica import delivery
-    from redis_server import RedisServer, redis_server, redis_server_aof  # noqa: F401
+from tests.receivers import Hang, Receiver
+from tests.redis_replica import delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLICA = ROOT / "tests" / "redis_replica.py"

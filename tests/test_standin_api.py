@@ -44,19 +44,6 @@ class Recorder:
         return [d["type"] for _, d in self.events]
 
 
-@pytest.fixture
-async def standin():
-    srv = await start_standin()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
-        yield s
-
-
 async def login(http: aiohttp.ClientSession, url: str, email: str = seed.AGENT1_EMAIL) -> dict[str, Any]:
     async with http.post(url + "/auth/login/", json={"email": email, "password": seed.PASSWORD}) as r:
         assert r.status == 200
