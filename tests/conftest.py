@@ -8,12 +8,16 @@
                                       a real `whazing-gateway run` process (tests/harness.py)
     http                              an aiohttp session that keeps cookies of 127.0.0.1
 
-Tests ask for them by name; the helper modules keep only classes and functions. Every fixture
-that starts a process belongs to tests marked `slow` (the fast lane is `pytest -m "not slow"`).
+Tests ask for them by name; the helper modules keep only classes and functions.
+
+The fast lane is `pytest -m "not slow"`: every test that starts a process (a gateway, redis,
+the stand-in as a program, ruff, mypy, pip...) must be marked `slow`, and `_no_process_in_the_fast_lane`
+fails a test that is not marked and starts one anyway.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,34 @@ from tests.harness import GatewayProcess
 from tests.receivers import Receiver, Script
 from tests.redis_server import RedisServer
 from whazing_standin.server import StandinServer, start_standin
+
+
+class _Spawned:
+    """How many processes this test session has started (asyncio's subprocesses included:
+    they are subprocess.Popen underneath)."""
+
+    count = 0
+    at_last_check = 0
+    popen_init = subprocess.Popen.__init__
+
+    @staticmethod
+    def counting_init(self, *args, **kwargs):
+        _Spawned.count += 1
+        _Spawned.popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _Spawned.counting_init  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _no_process_in_the_fast_lane(request) -> Iterator[None]:
+    # Counted from the end of the previous test: module-scoped fixtures set up for this one count.
+    yield
+    started = _Spawned.count - _Spawned.at_last_check
+    _Spawned.at_last_check = _Spawned.count
+    if started and request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"{request.node.nodeid} started {started} process(es) but is not marked "
+                    f"@pytest.mark.slow: the fast lane (-m 'not slow') must start none", pytrace=False)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 import standardwebhooks
 
 import tests.test_gateway_e2e as e2e
@@ -64,6 +65,7 @@ def _check_no_secrets(text: str) -> None:
     assert demo.API_KEY not in text
 
 
+@pytest.mark.slow
 def test_demo_runs_the_day_and_exits_0_with_the_summary():
     port = free_port()
     proc = _popen("--port", str(port))
@@ -82,6 +84,7 @@ def test_demo_runs_the_day_and_exits_0_with_the_summary():
     assert "flow viewer" not in out
 
 
+@pytest.mark.slow
 async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
     port = free_port()
     proc = _popen("--port", str(port), "--web", "--keep")
@@ -146,6 +149,7 @@ async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
         reader.cancel()
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_busy_port():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 from mitmproxy import io as mio
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
+import pytest
 
 import tests.test_gateway_e2e as e2e
 from tests.harness import GatewayProcess, login, rules_yaml, wait_until
@@ -129,6 +130,7 @@ async def _api(session: aiohttp.ClientSession, base: str, path: str, *, raw: boo
         return await r.read() if raw else await r.json()
 
 
+@pytest.mark.slow
 async def test_viewer_shows_each_event_on_the_flow_that_carried_it(tmp_path):
     """A browser on socket.io long-polling: every push arrives in an HTTP response, so each event
     lands on its own short flow, which can be checked against the bytes it carried."""
