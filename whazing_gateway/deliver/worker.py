@@ -62,13 +62,16 @@ class _Backlog:
     def __init__(self, outbox) -> None:
         self.outbox = outbox
         self.soon = asyncio.Event()
+        # A flag besides the cancel: on Python 3.11 asyncio.wait_for can swallow a cancel, and a
+        # loop that never ends keeps the worker process from exiting.
+        self.running = True
 
     def attempted(self, record: dict) -> None:
         _emit(record)
         self.soon.set()
 
     async def run(self) -> None:
-        while True:
+        while self.running:
             try:
                 await asyncio.wait_for(self.soon.wait(), STATS_INTERVAL_S)
                 await asyncio.sleep(0.1)  # let a burst of attempts finish first
@@ -110,6 +113,7 @@ async def serve(settings) -> int:
     tasks = [asyncio.create_task(_read_hints(sender, stopping)), asyncio.create_task(backlog.run())]
     log.info("deliver_worker.started", storage=settings.storage_backend)
     await stopping.wait()
+    backlog.running = False
     for t in tasks:
         t.cancel()
     if watcher is not None:

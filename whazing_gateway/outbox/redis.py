@@ -284,7 +284,10 @@ class RedisOutbox(Outbox):
         return n
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        # `while self._opened`, not `while True`: on Python 3.11 asyncio.wait_for (and timeouts
+        # inside redis-py) can swallow the cancel `close()` sends, which left close() waiting
+        # for these loops forever; the flag ends them at the next turn whatever happens to it.
+        while self._opened:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self._heartbeat_once()
@@ -348,7 +351,7 @@ class RedisOutbox(Outbox):
 
     async def _flush_loop(self) -> None:
         backoff = self._flush_interval_s
-        while True:
+        while self._opened:  # see _heartbeat_loop
             try:
                 await asyncio.wait_for(self._flush_wake.wait(), timeout=backoff)
             except asyncio.TimeoutError:
