@@ -3,11 +3,12 @@
 For the multi-process tests (kill -9 mid-load, Redis restart) and bench/replicas.py:
 
     python tests/redis_replica.py --redis URL --prefix P --target-url URL --ready FILE \
-        [--produce FROM:TO] [--order-keys N] [--heartbeat-ttl S] [--spool FILE]
+        [--produce FROM:TO] [--order-keys N] [--heartbeat-ttl S] [--spool FILE] [--go FILE]
 
 It writes FILE once its outbox is open (with its replica id). With --produce it also plays the
 pipeline: puts deliveries msg_FROM..msg_TO-1 (order key = index % N), appending each accepted
-id to FILE.accepted once `put` returned. It runs until SIGTERM/SIGINT (or is killed).
+id to FILE.accepted once `put` returned (with --go, only once that file exists, so that replicas
+started together also produce together). It runs until SIGTERM/SIGINT (or is killed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def delivery(i: int, order_keys: int, target: str = "recv") -> model.Delivery:
 
 
 async def produce(outbox: RedisOutbox, start: int, stop: int, order_keys: int, accepted_path: str,
-                  batch: int, pause_s: float) -> None:
+                  batch: int, pause_s: float, go: str | None = None) -> None:
+    while go and not os.path.exists(go):
+        await asyncio.sleep(0.01)
     with open(accepted_path, "a", buffering=1) as out:
         for first in range(start, stop, batch):
             chunk = [delivery(i, order_keys) for i in range(first, min(stop, first + batch))]
@@ -66,7 +69,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.produce:
         start, end = (int(x) for x in args.produce.split(":"))
         producer = asyncio.create_task(produce(outbox, start, end, args.order_keys, args.ready + ".accepted",
-                                               args.batch, args.pause))
+                                               args.batch, args.pause, args.go))
     await stop.wait()
     if producer is not None:
         producer.cancel()
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--produce", help="FROM:TO delivery indexes to put")
     p.add_argument("--order-keys", type=int, default=20)
     p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--go", help="start producing once this file exists")
     p.add_argument("--pause", type=float, default=0.0, help="seconds between produced batches")
     p.add_argument("--heartbeat-ttl", type=float, default=2.0)
     p.add_argument("--timeout-ms", type=int, default=5000)

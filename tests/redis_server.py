@@ -1,20 +1,18 @@
 """A real `redis-server` for tests: started on a free loopback port in a tmp dir, stopped after.
 
-Tests talk to the real thing (Streams, consumer groups, expiry), never a fake. `RedisServer`
+Tests talk to the real thing (sorted sets, Lua scripts, expiry), never a fake. `RedisServer`
 can be stopped and started again on the same port, which the Redis-down tests need.
-Use the `redis_server` fixture (function scope) or `RedisServer` directly.
+Tests use the `redis_server` / `redis_server_aof` fixtures (tests/conftest.py) or `RedisServer`
+directly.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 
 def free_port() -> int:
@@ -98,24 +96,3 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A fresh, empty redis-server (no persistence) for one test."""
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def redis_server_aof(tmp_path):
-    """A redis-server with appendonly yes: its data survives `restart()`."""
-    with RedisServer(tmp_path / "redis", appendonly=True) as server:
-        yield server
-
-
-def env_with_pythonpath(root: Path) -> dict[str, str]:
-    """Environment for child processes that import `addons` and `tests` from the repo."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env

@@ -245,6 +245,7 @@ async def _session():
     return aiohttp.ClientSession(auto_decompress=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(frames=st.lists(socket_frames(), min_size=1, max_size=5), body=http_bodies())
 def test_gateway_passes_malformed_traffic_untouched(gateway, frames, body):
@@ -271,6 +272,7 @@ def test_gateway_passes_malformed_traffic_untouched(gateway, frames, body):
     loop.run(exchange())
 
 
+@pytest.mark.slow
 def test_gateway_survived_and_counted(gateway):
     """After all of the above: no hook ever failed, decode errors were counted and logged sparingly."""
     loop, gw, session, ws = gateway

@@ -56,12 +56,14 @@ def _check(cwd: Path, config: str = "gateway.yaml", **env: str) -> subprocess.Co
                           env=_env(**env), capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_check_broken_files_prints_every_error_exactly():
     proc = _check(BROKEN)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == EXPECTED_BROKEN
 
 
+@pytest.mark.slow
 def test_check_shipped_config_passes_on_a_fresh_machine():
     """No env var set: the shipped examples only use ${VAR:-} for their secrets."""
     proc = _check(ROOT)
@@ -69,12 +71,14 @@ def test_check_shipped_config_passes_on_a_fresh_machine():
     assert proc.stdout == "OK: 2 targets, 3 channel rules, 2 queue rules\n"
 
 
+@pytest.mark.slow
 def test_check_shipped_config_from_another_folder_resolves_rules_next_to_it(tmp_path):
     proc = _check(tmp_path, str(ROOT / "gateway.yaml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("OK: 2 targets")
 
 
+@pytest.mark.slow
 def test_set_env_var_clears_the_error(tmp_path):
     (tmp_path / "rules").mkdir()
     (tmp_path / "gateway.yaml").write_text("rules_dir: rules\n")
@@ -93,6 +97,7 @@ def test_set_env_var_clears_the_error(tmp_path):
     assert good.stdout == "OK: 1 targets, 1 channel rules, 0 queue rules\n"
 
 
+@pytest.mark.slow
 def test_missing_config_is_named_by_its_absolute_path_alone(tmp_path):
     """Without its config file, the rules folder is not "missing": it is unknown (no cascade)."""
     proc = _check(tmp_path, "nope.yaml")
@@ -100,6 +105,7 @@ def test_missing_config_is_named_by_its_absolute_path_alone(tmp_path):
     assert proc.stdout.splitlines() == [f"{tmp_path / 'nope.yaml'}: file not found", "1 error"]
 
 
+@pytest.mark.slow
 def test_missing_rules_folder_says_where_it_was_looked_for(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "gateway.yaml").write_text("rules_dir: ruls\n")

@@ -8,6 +8,7 @@ import os
 import signal
 
 import aiohttp
+import pytest
 
 from tests.harness import GatewayProcess, rules_yaml, wait_until
 from tests.receivers import Hang, Receiver
@@ -23,6 +24,7 @@ def _worker_pids(gw: GatewayProcess) -> list[int]:
     return [r["pid"] for r in gw.log_records() if r.get("event") == "deliver_worker.spawned"]
 
 
+@pytest.mark.slow
 async def test_a_killed_worker_is_restarted_and_loses_nothing(tmp_path):
     standin = await start_standin()
     receiver = await Receiver(then=Hang(0.02)).start()
@@ -53,6 +55,7 @@ async def test_a_killed_worker_is_restarted_and_loses_nothing(tmp_path):
                          open(f"/proc/{pid}/stat").read().split()[2] == "Z", 20, what=f"worker {pid} gone")
 
 
+@pytest.mark.slow
 async def test_inline_delivery_mode(tmp_path):
     standin = await start_standin()
     receiver = await Receiver().start()

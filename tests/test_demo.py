@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 import standardwebhooks
 
 import tests.test_gateway_e2e as e2e
@@ -99,6 +100,7 @@ def _time_wait_on(port: int) -> None:
     raise AssertionError("no TIME-WAIT on the port: the test proves nothing")
 
 
+@pytest.mark.slow
 def test_demo_runs_the_day_twice_in_a_row_and_keeps_its_outbox():
     port = free_port()
     _time_wait_on(port)
@@ -118,6 +120,7 @@ def test_demo_runs_the_day_twice_in_a_row_and_keeps_its_outbox():
         shutil.rmtree(Path(config).parent)
 
 
+@pytest.mark.slow
 async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
     port = free_port()
     proc = _popen("--port", str(port), "--web", "--keep")
@@ -137,12 +140,17 @@ async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
         out = "".join(lines)
         assert proc.poll() is None, out + proc.stderr.read()
         _check_summary(out)
-        viewer = re.search(r"flow viewer\s+(http://127\.0\.0\.1:\d+/)\s+password: (\S+)", out)
-        assert viewer, out
-        url, password = viewer.groups()
+        if demo.viewer_has_password():
+            viewer = re.search(r"flow viewer\s+(http://127\.0\.0\.1:\d+/)\s+password: (\S+)", out)
+            assert viewer, out
+            url, password = viewer.groups()
+        else:  # mitmproxy 11.0.2 (Python 3.11): no authentication in mitmweb; said plainly
+            viewer = re.search(r"flow viewer\s+(http://127\.0\.0\.1:\d+/)\s+NO password", out)
+            assert viewer, out
+            url, password = viewer.group(1), "unused-bearer-token"
         async with aiohttp.ClientSession() as s:
             async with s.get(url + "flows") as r:
-                assert r.status == 403  # protected
+                assert r.status == (403 if demo.viewer_has_password() else 200)  # protected where it can be
             async with s.get(url + "flows", headers={"Authorization": f"Bearer {password}"}) as r:
                 assert r.status == 200
                 flows = await r.json()
@@ -179,6 +187,7 @@ async def test_demo_keep_web_serves_the_viewer_until_ctrl_c():
         reader.cancel()
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_busy_port():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

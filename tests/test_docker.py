@@ -160,6 +160,7 @@ def healthcheck_argv(final) -> list[str]:
     return argv
 
 
+@pytest.mark.slow
 async def test_healthcheck_command_against_a_real_ops_server(final):
     argv = healthcheck_argv(final)
     cmd = [sys.executable, *argv[1:]]  # the image's `python` is the venv's, as here
@@ -246,6 +247,7 @@ def test_context_is_an_allow_list(tmp_path):
         assert not _ignored(readme, rules)  # setuptools reads it during `pip install .`
 
 
+@pytest.mark.slow
 def test_wheel_built_from_the_context_has_every_module_and_the_script(tmp_path):
     ctx = tmp_path / "ctx"
     ctx.mkdir()

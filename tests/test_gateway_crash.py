@@ -11,6 +11,7 @@ import sqlite3
 from collections import Counter
 
 import aiohttp
+import pytest
 
 from tests.harness import GatewayProcess, rules_yaml, wait_until
 from tests.receivers import Hang, Receiver
@@ -29,6 +30,7 @@ def accepted_ids(db) -> set[str]:
         con.close()
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_load_loses_no_accepted_event(tmp_path):
     standin = await start_standin()
     receiver = await Receiver(then=Hang(0.01)).start()  # a receiver a little slower than Whazing

@@ -82,6 +82,7 @@ async def _browser(url: str, token: str, transport: str) -> TolerantAsyncClient:
     (3, "websocket", False),
     (1, "polling", False),
 ], ids=["observer-only", "1-browser", "3-browsers", "1-browser-polling"])
+@pytest.mark.slow
 async def test_scenario_yields_exactly_the_expected_events(tmp_path, browsers, transport, observer):
     standin = await start_standin()
     receiver = await Receiver().start()
@@ -121,6 +122,7 @@ async def test_scenario_yields_exactly_the_expected_events(tmp_path, browsers, t
         await standin.stop()
 
 
+@pytest.mark.slow
 async def test_plain_mitmdump_with_the_script_and_byte_identical_frames(tmp_path):
     """`mitmdump -s whazing_gateway/edge/addon.py` works as documented, and a browser behind it receives
     exactly the frames a browser connected directly receives, byte for byte."""

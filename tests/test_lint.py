@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_ruff_is_clean():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "--quiet", str(root)],

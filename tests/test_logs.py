@@ -17,7 +17,6 @@ from mitmproxy.http import Headers
 
 from whazing_gateway.ops import logs
 from whazing_gateway.ops.logs import MASK, configure_logging, redact, redact_text, register_secret
-from tests.redis_server import redis_server  # noqa: F401  (fixture)
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 import tests.test_gateway_e2e as e2e
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
@@ -20,6 +22,7 @@ from whazing_standin.scenario import play_day
 from whazing_standin.server import start_standin
 
 
+@pytest.mark.slow
 async def test_metrics_after_the_scenario_match_it_exactly(tmp_path):
     standin = await start_standin()
     receiver = await Receiver().start()

@@ -116,6 +116,7 @@ def test_bad_time_is_an_error(db):
     assert parse_time("1735689600") == T0 and parse_time("2025-01-01T00:00:00+00:00") == T0
 
 
+@pytest.mark.slow
 def test_real_command_line_with_config_and_env(db, tmp_path):
     config = tmp_path / "gateway.yaml"
     config.write_text(f"storage:\n  backend: sqlite\n  sqlite:\n    path: {db}\n")

@@ -9,6 +9,7 @@ import os
 
 import aiohttp
 from multidict import CIMultiDict
+import pytest
 
 from tests.echo_upstream import start_echo
 from tests.harness import GatewayProcess, login, rules_yaml
@@ -25,6 +26,7 @@ async def _get(session, url, token):
         return r.status, headers, await r.read()
 
 
+@pytest.mark.slow
 async def test_rest_bodies_uploads_and_media_are_byte_identical(tmp_path):
     standin = await start_standin()
     receiver = await Receiver().start()
@@ -62,6 +64,7 @@ async def test_rest_bodies_uploads_and_media_are_byte_identical(tmp_path):
         await standin.stop()
 
 
+@pytest.mark.slow
 async def test_large_bodies_stream_and_headers_pass_untouched(tmp_path):
     runner, upstream = await start_echo()
     gw = await GatewayProcess(tmp_path, upstream, rules_yaml("http://127.0.0.1:9/x"),
@@ -90,6 +93,7 @@ async def test_large_bodies_stream_and_headers_pass_untouched(tmp_path):
         await runner.cleanup()
 
 
+@pytest.mark.slow
 async def test_compressed_large_socket_frame_is_inspected_and_forwarded_intact(tmp_path):
     """Whazing's server deflates frames of 32 KB and more (permessage-deflate): the gateway must
     read the decompressed push and forward the frame intact."""

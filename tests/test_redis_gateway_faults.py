@@ -9,12 +9,11 @@ import signal
 from collections import Counter
 
 import aiohttp
+import pytest
 
 from tests.harness import GatewayProcess, rules_yaml, wait_until
-from tests.receivers import Hang, Receiver
-from tests.redis_server import redis_server_aof  # noqa: F401  (fixture)
+from tests.receivers import Hang
 from whazing_standin import seed
-from whazing_standin.server import start_standin
 
 OBSERVER = {"WHAZING_OBSERVER_EMAIL": seed.ADMIN_EMAIL, "WHAZING_OBSERVER_PASSWORD": seed.PASSWORD}
 NUMBERS = 40
@@ -45,63 +44,50 @@ def _what(receiver) -> Counter:
     return kinds
 
 
-async def _gateways(tmp_path, standin, receiver, redis, n: int) -> list[GatewayProcess]:
+async def _gateways(start_gateway, tmp_path, standin, receiver, redis, n: int) -> list[GatewayProcess]:
     settings = f"storage: {{backend: redis, redis: {{url: '{redis.url}', prefix: fx, spool_max: 100000}}}}\n"
-    gws = [GatewayProcess(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()), env=OBSERVER,
-                          settings=settings) for k in range(n)]
-    await asyncio.gather(*(gw.start() for gw in gws))
+    gws = await asyncio.gather(*(start_gateway(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()),
+                                               env=OBSERVER, settings=settings) for k in range(n)))
     for gw in gws:
         await wait_until(lambda gw=gw: "observer connected" in gw.log(), 30, what="observers")
     return gws
 
 
-async def test_killing_a_replica_mid_load_loses_nothing(tmp_path, redis_server_aof):
+@pytest.mark.slow
+async def test_killing_a_replica_mid_load_loses_nothing(tmp_path, redis_server_aof, standin, make_receiver,
+                                                        start_gateway):
     n = 400
-    standin = await start_standin()
-    receiver = await Receiver(then=Hang(0.01)).start()
-    gws = await _gateways(tmp_path, standin, receiver, redis_server_aof, 3)
-    try:
-        producer = asyncio.create_task(_produce(standin.url, n))
-        await wait_until(lambda: len(receiver.requests) >= 60, 90, what="deliveries before the kill")
-        gws[0].proc.send_signal(signal.SIGKILL)
-        await producer
-        expected = n + NUMBERS  # every message received, every ticket created
-        await wait_until(lambda: len(_what(receiver)) >= expected, 180, interval=0.5, what="every event")
-        kinds = _what(receiver)
-        assert len(kinds) == expected
-        assert all(v == 1 for v in kinds.values())  # each distinct webhook once (copies share an id)
-        assert sum(1 for k in kinds if k[0] == "ticket.created") == NUMBERS
-        assert gws[1].proc.poll() is None and gws[2].proc.poll() is None
-    finally:
-        for gw in gws:
-            await gw.stop()
-        await receiver.stop()
-        await standin.stop()
+    receiver = await make_receiver(then=Hang(0.01))
+    gws = await _gateways(start_gateway, tmp_path, standin, receiver, redis_server_aof, 3)
+    producer = asyncio.create_task(_produce(standin.url, n))
+    await wait_until(lambda: len(receiver.requests) >= 60, 90, what="deliveries before the kill")
+    gws[0].proc.send_signal(signal.SIGKILL)
+    await producer
+    expected = n + NUMBERS  # every message received, every ticket created
+    await wait_until(lambda: len(_what(receiver)) >= expected, 180, interval=0.5, what="every event")
+    kinds = _what(receiver)
+    assert len(kinds) == expected
+    assert all(v == 1 for v in kinds.values())  # each distinct webhook once (copies share an id)
+    assert sum(1 for k in kinds if k[0] == "ticket.created") == NUMBERS
+    assert gws[1].proc.poll() is None and gws[2].proc.poll() is None
 
 
-async def test_redis_restart_mid_load_loses_nothing(tmp_path, redis_server_aof):
+@pytest.mark.slow
+async def test_redis_restart_mid_load_loses_nothing(tmp_path, redis_server_aof, standin, receiver, start_gateway):
     n = 300
-    standin = await start_standin()
-    receiver = await Receiver().start()
-    gws = await _gateways(tmp_path, standin, receiver, redis_server_aof, 2)
-    try:
-        producer = asyncio.create_task(_produce(standin.url, n))
-        await wait_until(lambda: len(receiver.requests) >= 50, 90, what="deliveries before the outage")
-        redis_server_aof.stop()
-        await asyncio.sleep(2.0)  # traffic goes on while Redis is away
-        redis_server_aof.start()
-        await producer
-        expected = n + NUMBERS
-        await wait_until(lambda: len(_what(receiver)) >= expected, 180, interval=0.5, what="every event")
-        kinds = _what(receiver)
-        assert len(kinds) == expected and all(v == 1 for v in kinds.values())
-        assert any("outbox.redis_down_spooling" in gw.log() for gw in gws)  # the outage hit the load
-        for gw in gws:
-            text = await gw.metrics()
-            assert "whazing_gateway_spool_dropped_total 0.0" in text
-            assert gw.proc.poll() is None
-    finally:
-        for gw in gws:
-            await gw.stop()
-        await receiver.stop()
-        await standin.stop()
+    gws = await _gateways(start_gateway, tmp_path, standin, receiver, redis_server_aof, 2)
+    producer = asyncio.create_task(_produce(standin.url, n))
+    await wait_until(lambda: len(receiver.requests) >= 50, 90, what="deliveries before the outage")
+    redis_server_aof.stop()
+    await asyncio.sleep(2.0)  # traffic goes on while Redis is away
+    redis_server_aof.start()
+    await producer
+    expected = n + NUMBERS
+    await wait_until(lambda: len(_what(receiver)) >= expected, 180, interval=0.5, what="every event")
+    kinds = _what(receiver)
+    assert len(kinds) == expected and all(v == 1 for v in kinds.values())
+    assert any("outbox.redis_down_spooling" in gw.log() for gw in gws)  # the outage hit the load
+    for gw in gws:
+        text = await gw.metrics()
+        assert "whazing_gateway_spool_dropped_total 0.0" in text
+        assert gw.proc.poll() is None

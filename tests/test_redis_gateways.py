@@ -11,27 +11,22 @@ from collections import defaultdict
 
 import pytest
 
-from tests.harness import GatewayProcess, login, rules_yaml
-from tests.receivers import Receiver
-from tests.redis_server import redis_server  # noqa: F401  (fixture)
+from tests.harness import login, rules_yaml
 from tests.test_gateway_e2e import _browser, _expected, _summary
 from whazing_gateway.state.redis import make_client
 from whazing_standin.scenario import play_day
-from whazing_standin.server import start_standin
 
 NO_OBSERVER = {"WHAZING_OBSERVER_EMAIL": "", "WHAZING_OBSERVER_PASSWORD": ""}
 
 
 @pytest.mark.slow
-async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_server):
-    standin = await start_standin()
-    receiver = await Receiver().start()
+async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_server, standin, receiver,
+                                                              start_gateway):
     settings = f"storage: {{backend: redis, redis: {{url: '{redis_server.url}', prefix: mg}}}}\n"
-    gws = [GatewayProcess(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()), env=NO_OBSERVER,
-                          settings=settings) for k in range(2)]
+    gws = await asyncio.gather(*(start_gateway(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()),
+                                               env=NO_OBSERVER, settings=settings) for k in range(2)))
     clients = []
     try:
-        await asyncio.gather(*(gw.start() for gw in gws))
         # one agent's tab on each replica: both replicas see every push
         for gw in gws:
             clients.append(await _browser(gw.url, await login(gw.url), "websocket"))
@@ -64,7 +59,3 @@ async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_se
     finally:
         for c in clients:
             await c.disconnect()
-        for gw in gws:
-            await gw.stop()
-        await receiver.stop()
-        await standin.stop()

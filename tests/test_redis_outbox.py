@@ -1,4 +1,6 @@
-"""RedisOutbox against a real redis-server: the outbox contract, shared by replicas, and the spool."""
+"""What only the Redis outbox has, against a real redis-server: prefixes, replicas sharing one
+store (claims, heartbeats, lease takeover, event-time order) and the spool while Redis is down.
+The contract both engines share is tests/test_outbox_contract.py."""
 
 from __future__ import annotations
 
@@ -11,14 +13,11 @@ import structlog.testing
 
 from whazing_gateway import model
 from whazing_gateway.ops import metrics
-from whazing_gateway.outbox import OutboxError, OutboxFilter, open_outbox
-from whazing_gateway.outbox.base import DEAD, DELIVERED, PENDING, Attempt, TargetPause
+from whazing_gateway.outbox import OutboxError, open_outbox
+from whazing_gateway.outbox.base import DELIVERED, Attempt
 from whazing_gateway.outbox.redis import RedisOutbox
 
-try:
-    from tests.redis_server import redis_server, redis_server_aof  # noqa: F401  (fixtures)
-except ImportError:
-    from redis_server import redis_server, redis_server_aof  # noqa: F401
+pytestmark = pytest.mark.slow  # every test starts a redis-server
 
 
 def d(i: int, target: str = "t1", order_key: str | None = None, etype: str = model.TICKET_CREATED,
@@ -53,146 +52,6 @@ async def outbox(redis_server, tmp_path):
 
 def dropped() -> float:
     return metrics.REGISTRY.get_sample_value("whazing_gateway_spool_dropped_total") or 0.0
-
-
-# ---- the contract (same expectations as the SQLite engine) ---------------------------------------
-
-
-async def test_put_is_durable_idempotent_and_round_trips(outbox, redis_server):
-    await outbox.put([d(1), d(2)])
-    await outbox.put([d(1)])  # the same delivery again (a second replica saw the same event)
-    other = RedisOutbox(redis_server.url, "t")  # another replica
-    await other.open()
-    try:
-        assert await other.pending_count() == 2
-        item, attempts = await other.get("msg_t1_1")
-        assert item.body == b'{"i":1}' and item.status == PENDING and attempts == []
-        assert item.delivery == d(1, created_at=item.created_at)
-        assert await other.get("nope") is None
-        # None fields stay None
-        await other.put([model.Delivery("x", "t9", "e", model.MESSAGE_SENT, None, b"\x00\xffbin", 1.5)])
-        x, _ = await outbox.get("x")
-        assert x.order_key is None and x.ticket_id is None and x.delivery.flow_id is None and x.body == b"\x00\xffbin"
-    finally:
-        await other.close()
-
-
-async def test_claim_leases_and_record(outbox):
-    await outbox.put([d(1), d(2), d(3)])
-    now = time.time()
-    first = await outbox.claim(now, 2, lease_s=30)
-    assert [i.id for i in first] == ["msg_t1_1", "msg_t1_2"]
-    assert all(i.lease_until == pytest.approx(now + 30) for i in first)
-    assert [i.id for i in await outbox.claim(now, 10)] == ["msg_t1_3"]
-    assert await outbox.claim(now, 10) == []
-    again = await outbox.claim(now + 31, 10)  # expired leases: claimable again
-    assert {i.id for i in again} == {"msg_t1_1", "msg_t1_2"}
-
-    await outbox.record_attempt("msg_t1_1", ok(), "delivered", None)
-    await outbox.record_attempt("msg_t1_2", Attempt(now, 503, 10.0, "HTTP 503"), "retry", now + 100)
-    await outbox.record_attempt("msg_t1_3", Attempt(now, 400, 3.0, None), "dead", None)
-    await outbox.record_attempt("nope", ok(), "delivered", None)  # unknown: ignored
-    assert await outbox.pending_count() == 1
-    assert await outbox.claim(now + 99, 10) == []
-    (item,) = await outbox.claim(now + 100, 10)
-    assert item.id == "msg_t1_2" and item.attempts == 1 and item.round_attempts == 1
-    assert item.last_error == "HTTP 503" and item.last_status == 503
-    got, attempts = await outbox.get("msg_t1_3")
-    assert got.status == DEAD and got.last_error == "HTTP 400" and [a.status_code for a in attempts] == [400]
-    delivered, _ = await outbox.get("msg_t1_1")
-    assert delivered.status == DELIVERED and delivered.lease_until is None and delivered.last_error is None
-
-
-async def test_ordered_claim_returns_only_heads_and_a_failing_ticket_holds_only_itself(outbox):
-    await outbox.put([d(1, order_key="A"), d(2, order_key="A"), d(3, order_key="B"),
-                      d(4, order_key="A"), d(5, order_key="B"), d(6)])
-    now = time.time()
-    heads = await outbox.claim(now, 10)
-    assert [i.id for i in heads] == ["msg_t1_1", "msg_t1_3", "msg_t1_6"]
-    assert await outbox.claim(now, 10) == []
-    await outbox.record_attempt("msg_t1_1", Attempt(now, 500, 1.0), "retry", now + 60)
-    await outbox.record_attempt("msg_t1_3", ok(), "delivered", None)
-    assert [i.id for i in await outbox.claim(now, 10)] == ["msg_t1_5"]
-    await outbox.release(["msg_t1_5"])
-    (a_head,) = [i for i in await outbox.claim(now + 61, 10) if i.order_key == "A"]
-    assert a_head.id == "msg_t1_1"
-    await outbox.record_attempt("msg_t1_1", Attempt(now, 500, 1.0), "dead", None)
-    assert [i.id for i in await outbox.claim(now + 200, 10) if i.order_key == "A"] == ["msg_t1_2"]
-
-
-async def test_same_order_key_on_two_targets_is_independent_and_unordered_mode(outbox):
-    await outbox.put([d(1, "t1", "A"), d(2, "t1", "A"), d(3, "t2", "A")])
-    now = time.time()
-    assert {i.id for i in await outbox.claim(now, 10, lease_s=5)} == {"msg_t1_1", "msg_t2_3"}
-    assert {i.id for i in await outbox.claim(now + 6, 10, ordered=False)} == {"msg_t1_1", "msg_t1_2", "msg_t2_3"}
-
-
-async def test_claim_respects_per_target_capacity(outbox):
-    await outbox.put([d(i, "t1") for i in range(5)] + [d(i, "t2") for i in range(5)] + [d(9, "t3")])
-    items = await outbox.claim(time.time(), 100, targets={"t1": 2, "t2": 0, "t3": 1})
-    assert sorted(i.id for i in items) == ["msg_t1_0", "msg_t1_1", "msg_t3_9"]
-    assert len(await outbox.claim(time.time(), 1, targets={"t1": 5, "t2": 5})) == 1
-    assert await outbox.claim(time.time(), 10, targets={"t2": 0}) == []
-
-
-async def test_admin_list_filter_retry_purge(outbox):
-    base = 1_700_000_000.0
-    await outbox.put([
-        d(1, "t1", etype=model.TICKET_CREATED, created_at=base),
-        d(2, "t1", etype=model.MESSAGE_RECEIVED, created_at=base + 10),
-        d(3, "t2", etype=model.MESSAGE_RECEIVED, created_at=base + 20),
-    ])
-    await outbox.claim(time.time(), 10)
-    await outbox.record_attempt("msg_t1_1", ok(), "delivered", None)
-    await outbox.record_attempt("msg_t1_2", Attempt(time.time(), 400, 1.0, "HTTP 400"), "dead", None)
-
-    ids = lambda items: [i.id for i in items]  # noqa: E731
-    assert ids(await outbox.list(OutboxFilter())) == ["msg_t2_3", "msg_t1_2", "msg_t1_1"]
-    assert ids(await outbox.list(OutboxFilter(target="t1"))) == ["msg_t1_2", "msg_t1_1"]
-    assert ids(await outbox.list(OutboxFilter(event_type=model.MESSAGE_RECEIVED, status=DEAD))) == ["msg_t1_2"]
-    assert ids(await outbox.list(OutboxFilter(since=base + 5, until=base + 20))) == ["msg_t1_2"]
-    assert ids(await outbox.list(OutboxFilter(ids=("msg_t1_1", "x")))) == ["msg_t1_1"]
-    assert len(await outbox.list(OutboxFilter(limit=1))) == 1
-
-    assert await outbox.retry(OutboxFilter(status=DEAD), time.time()) == 1
-    item, attempts = await outbox.get("msg_t1_2")
-    assert item.status == PENDING and item.round_attempts == 0 and item.attempts == 1 and len(attempts) == 1
-    assert "msg_t1_2" in ids(await outbox.claim(time.time(), 10))  # really claimable again
-    assert await outbox.purge(OutboxFilter(status=PENDING)) == 0
-    assert await outbox.purge(OutboxFilter(limit=None)) == 1  # only msg_t1_1 (delivered)
-    assert await outbox.get("msg_t1_1") is None
-    assert await outbox.pending_by_target() == {"t1": 1, "t2": 1}
-
-
-async def test_retried_dead_letter_goes_back_in_its_tickets_order(outbox):
-    """A dead head re-queued by the admin goes before the later deliveries of its ticket."""
-    await outbox.put([d(1, order_key="A"), d(2, order_key="A"), d(3, order_key="A")])
-    now = time.time()
-    (head,) = await outbox.claim(now, 10)
-    await outbox.record_attempt(head.id, Attempt(now, 400, 1.0), "dead", None)
-    assert [i.id for i in await outbox.claim(now, 10, lease_s=1)] == ["msg_t1_2"]
-    await outbox.release(["msg_t1_2"])
-    assert await outbox.retry(OutboxFilter(ids=("msg_t1_1",)), now) == 1
-    order = []
-    for _ in range(3):
-        (item,) = await outbox.claim(time.time(), 10)
-        order.append(item.id)
-        await outbox.record_attempt(item.id, ok(), "delivered", None)
-    assert order == ["msg_t1_1", "msg_t1_2", "msg_t1_3"]
-    assert await outbox.pending_count() == 0
-
-
-async def test_target_pauses_are_shared(outbox, redis_server):
-    await outbox.pause_target(TargetPause("t1", "http://x/hook", "410 Gone", 5.0))
-    other = RedisOutbox(redis_server.url, "t")
-    await other.open()
-    try:
-        assert (await other.paused_targets())["t1"] == TargetPause("t1", "http://x/hook", "410 Gone", 5.0)
-        assert await other.resume_target("t1") is True
-        assert await outbox.resume_target("t1") is False
-        assert await outbox.paused_targets() == {}
-    finally:
-        await other.close()
 
 
 async def test_prefixes_isolate_deployments(outbox, redis_server):

@@ -20,14 +20,8 @@ from whazing_gateway.ops import metrics
 from whazing_gateway.outbox.redis import RedisOutbox
 from whazing_gateway.state.redis import make_client
 
-try:
-    from tests.receivers import Hang, Receiver
-    from tests.redis_replica import delivery
-    from tests.redis_server import RedisServer, redis_server, redis_server_aof  # noqa: F401
-except ImportError:
-    from receivers import Hang, Receiver
-    from redis_replica import delivery
-    from redis_server import RedisServer, redis_server, redis_server_aof  # noqa: F401
+from tests.receivers import Hang, Receiver
+from tests.redis_replica import delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLICA = ROOT / "tests" / "redis_replica.py"
@@ -99,17 +93,22 @@ def assert_ticket_order(ids: list[str], order_keys: int, producers: list[range] 
 @pytest.mark.slow
 async def test_killing_a_replica_mid_load_loses_nothing(redis_server, tmp_path):
     n, keys = 600, 20
-    # Each request takes a little while, so a replica always has leases in hand.
+    go = tmp_path / "go"
+    # Each request takes a little while, so a replica always has leases in hand. The replicas
+    # produce only once all are up (a slow start must not let one finish alone), and the victim
+    # produces slower, so it is still producing when the kill comes, however loaded the machine.
+    # Heartbeats expire after 5 s: a survivor stalled by a busy machine keeps its leases.
     async with Receiver(then=Hang(0.02)) as receiver:
         replicas = [
             Replica(tmp_path, f"r{k}", redis_server.url, "kill", receiver.url(),
                     "--produce", f"{k * n // 3}:{(k + 1) * n // 3}", "--order-keys", str(keys),
-                    "--pause", "0.02", "--heartbeat-ttl", "2")
+                    "--pause", "0.1" if k == 0 else "0.02", "--heartbeat-ttl", "5", "--go", str(go))
             for k in range(3)
         ]
         try:
             for r in replicas:
                 await r.wait_ready()
+            go.write_text("go")
             victim = replicas[0]
             client = make_client(redis_server.url)
             # Kill it while it is producing AND holding leases on deliveries in flight.
@@ -118,6 +117,7 @@ async def test_killing_a_replica_mid_load_loses_nothing(redis_server, tmp_path):
                 leased = await client.scard(f"kill:ob:own:{victim.replica_id}")
                 if leased > 0 and len(receiver.requests) > 60 and 0 < len(victim.accepted()):
                     break
+                assert len(victim.accepted()) < n // 3, "the victim finished producing before the kill"
                 assert time.monotonic() < deadline, "victim never held a lease"
                 await asyncio.sleep(0.01)
             victim.proc.kill()

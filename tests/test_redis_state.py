@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from whazing_gateway.state.redis import RedisState, make_client
 
-try:
-    from tests.redis_server import redis_server  # noqa: F401  (fixture)
-except ImportError:  # tests/ run as rootdir-less modules
-    from redis_server import redis_server  # noqa: F401
+pytestmark = pytest.mark.slow  # every test starts a redis-server
 
 
 async def wait_for(cond, timeout_s: float = 20.0, step: float = 0.05):

@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml
 from tests.receivers import Receiver
 from whazing_standin.scenario import play_day
 from whazing_standin.server import start_standin
 
 
+@pytest.mark.slow
 async def test_replay_of_a_recorded_scenario_names_the_live_deliveries(tmp_path):
     standin = await start_standin()
     receiver = await Receiver().start()
@@ -57,6 +60,7 @@ async def test_replay_of_a_recorded_scenario_names_the_live_deliveries(tmp_path)
         per_ticket((r.webhook_id, r.json()) for r in live)
 
 
+@pytest.mark.slow
 def test_replay_refuses_a_broken_capture(tmp_path):
     bad = tmp_path / "bad.flows"
     bad.write_bytes(b"this is not a mitmproxy capture")

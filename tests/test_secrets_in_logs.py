@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
+import pytest
 
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
@@ -27,6 +28,7 @@ SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # same
 WEB_PASSWORD = "test-web-password"  # tests.harness's gateway.yaml
 
 
+@pytest.mark.slow
 async def test_full_scenario_at_debug_level_logs_no_secret(tmp_path):
     standin = await start_standin()
     # A service account for the observer, with a password found nowhere else.

@@ -183,6 +183,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 async def test_runs_as_a_module():
     port = free_port()
     proc = await asyncio.create_subprocess_exec(

@@ -42,7 +42,7 @@ class ServiceError(Exception):
         self.status = status
 
 
-def emit(tenant_id: int, kind: str, payload: dict[str, Any]) -> Emit:
+def emit(tenant_id: int, kind: str, payload: dict[str, Any] | None) -> Emit:
     """helpers/socketEmit: contact types go to `:contactList`, all others to `:ticketList`."""
     suffix = "contactList" if kind.startswith("contact:") else "ticketList"
     return Emit(str(tenant_id), f"{tenant_id}:{suffix}", {"type": kind, "payload": payload})

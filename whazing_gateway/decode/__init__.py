@@ -148,7 +148,7 @@ def decode_frame(frame: WsFrame, limit: int = 1 << 20) -> list[SocketEvent]:
     return _socket_events_from_text(text, frame.ts, frame.flow_id)
 
 
-def _decode_polling(rec: HttpExchange, limit: int) -> list[SocketEvent]:
+def _decode_polling(rec: HttpExchange, limit: int) -> list[Observation]:
     """Server packets of a long-poll answer (Engine.IO compresses big ones with gzip/deflate)."""
     if rec.method != "GET" or rec.status != 200 or not rec.resp_body:
         return []
@@ -157,7 +157,7 @@ def _decode_polling(rec: HttpExchange, limit: int) -> list[SocketEvent]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"polling body is not UTF-8: {exc}") from None
-    out: list[SocketEvent] = []
+    out: list[Observation] = []
     for eio in decode_polling_body(text):
         if eio.type == EIO_MESSAGE and isinstance(eio.data, str):
             pkt = decode_socket(eio.data)

@@ -25,6 +25,8 @@ import sys
 
 import structlog
 
+from whazing_gateway.deliver.kinds import OutcomeHook
+
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL_S = 2.0
@@ -63,13 +65,16 @@ class _Backlog:
     def __init__(self, outbox) -> None:
         self.outbox = outbox
         self.soon = asyncio.Event()
+        # A flag besides the cancel: on Python 3.11 asyncio.wait_for can swallow a cancel, and a
+        # loop that never ends keeps the worker process from exiting.
+        self.running = True
 
     def attempted(self, record: dict) -> None:
         _emit(record)
         self.soon.set()
 
     async def run(self) -> None:
-        while True:
+        while self.running:
             try:
                 await asyncio.wait_for(self.soon.wait(), STATS_INTERVAL_S)
                 await asyncio.sleep(0.1)  # let a burst of attempts finish first
@@ -111,6 +116,7 @@ async def serve(settings) -> int:
     tasks = [asyncio.create_task(_read_hints(sender, stopping)), asyncio.create_task(backlog.run())]
     log.info("deliver_worker.started", storage=settings.storage_backend)
     await stopping.wait()
+    backlog.running = False
     for t in tasks:
         t.cancel()
     if watcher is not None:
@@ -146,9 +152,9 @@ class WorkerProcess:
     most one pipe write per loop iteration, and never blocks or raises.
     """
 
-    def __init__(self, config_path, *, on_delivery=None) -> None:
+    def __init__(self, config_path, *, on_delivery: OutcomeHook | None = None) -> None:
         self.config_path = str(config_path)
-        self.on_delivery = on_delivery
+        self.on_outcome = on_delivery
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._task: asyncio.Task | None = None
@@ -159,27 +165,30 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Returns at once: the worker is spawned and supervised by a task."""
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="deliver-worker")
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "whazing_gateway.deliver.worker", "--config", self.config_path,
             "--parent-pid", str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return self.proc
 
     async def _supervise(self) -> None:
         from whazing_gateway.ops import metrics
 
         backoff = 1.0
         while not self._stopping:
-            await self._spawn()
-            log.info("deliver_worker.spawned", pid=self.proc.pid)
+            proc = await self._spawn()
+            log.info("deliver_worker.spawned", pid=proc.pid)
             self.wake()  # whatever was accepted while no worker ran
-            async for line in self.proc.stdout:
+            assert proc.stdout is not None  # spawned with stdout=PIPE
+            async for line in proc.stdout:
                 self._mirror(line, metrics)
                 backoff = 1.0
-            code = await self.proc.wait()
+            code = await proc.wait()
             if self._stopping:
                 return
             self.restarts += 1
@@ -199,8 +208,8 @@ class WorkerProcess:
             if publish_target_health(rec):
                 return
             count_attempt(rec["target"], rec["outcome"], rec["latency_s"], rec["age_s"])
-            if self.on_delivery is not None:
-                self.on_delivery(rec["id"], rec["target"], rec["outcome"], rec["detail"])
+            if self.on_outcome is not None:
+                self.on_outcome(rec["id"], rec["target"], rec["outcome"], rec["detail"])
         except Exception as exc:  # a garbled line must not stop the mirror
             log.warning("deliver_worker.bad_report", error=repr(exc), line=line[:200])
 
@@ -212,22 +221,25 @@ class WorkerProcess:
 
     def _send_hint(self) -> None:
         self._hint_pending = False
+        proc = self.proc
         try:
-            if self.alive and self.proc.stdin is not None and not self.proc.stdin.is_closing():
-                self.proc.stdin.write(b"w\n")
+            if proc is not None and proc.returncode is None and proc.stdin is not None \
+                    and not proc.stdin.is_closing():
+                proc.stdin.write(b"w\n")
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the supervisor restarts it; the outbox keeps the work
 
     async def stop(self, timeout_s: float = 15.0) -> None:
         """Close its stdin (it finishes what is in flight and stops), then wait; kill if stuck."""
         self._stopping = True
-        if self.alive and self.proc.stdin is not None:
-            self.proc.stdin.close()
+        proc = self.proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            proc.stdin.close()
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout_s)
+                await asyncio.wait_for(proc.wait(), timeout_s)
             except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+                proc.kill()
+                await proc.wait()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from typing import TYPE_CHECKING
 
 import structlog
 from mitmproxy import ctx, exceptions, hooks
+from mitmproxy import flow as mflow
 
 from whazing_gateway.config import ConfigError, Settings, load_settings
 from whazing_gateway.config import running as running_values
@@ -21,6 +23,9 @@ from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
 from whazing_gateway.ops import metrics
 from whazing_gateway.pipeline.core import ThrottledLog
+
+if TYPE_CHECKING:
+    from whazing_gateway.pipeline.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +72,7 @@ class FlowNotes:
     MAX_META = 200
 
     def __init__(self) -> None:
-        self.flows: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self.flows: weakref.WeakValueDictionary[str, mflow.Flow] = weakref.WeakValueDictionary()
         self.by_delivery: dict[str, str] = {}
 
     def track(self, flow) -> None:
@@ -170,7 +175,7 @@ class Gateway:
     def __init__(self) -> None:
         self.file_settings: Settings | None = None  # gateway.yaml as read; self.settings: in force
         self.settings: Settings | None = None
-        self.services = None
+        self.services: Services | None = None
         self.notes = FlowNotes()
         self.annotate = True
         self.recording = False
@@ -207,18 +212,21 @@ class Gateway:
 
         if ctx.options.deferred:
             log.warning("unknown mitmproxy options ignored (misspelled --set?)", options=sorted(ctx.options.deferred))
+        settings = self.settings
+        if settings is None:  # configure() refused the config: mitmproxy stops before running
+            return
         view = ctx.master.addons.get("view")
         # Only a flow viewer keeps flows: only then is there something to bound.
-        self.limit = FlowLimit(view, self.settings.max_flows) if view is not None else None
+        self.limit = FlowLimit(view, settings.max_flows) if view is not None else None
         # Annotations are for eyes (the flow viewer) and for saved captures; without either,
         # they would only cost time on every event.
         self.annotate = view is not None or self.recording
         notes = self.notes if self.annotate else None
-        self.frame_limit = self.settings.inspect_max_bytes
+        self.frame_limit = settings.inspect_max_bytes
         _gateway_errors_are_not_fatal()
-        self.services = Services(self.settings, on_result=notes and notes.on_result,
-                                 on_delivery=notes and notes.on_delivery)
-        self.services.start_soon()
+        self.services = services = Services(settings, on_result=notes.on_result if notes else None,
+                                            on_delivery=notes.on_delivery if notes else None)
+        services.start_soon()
 
     async def done(self) -> None:
         if self.services is not None:
@@ -240,7 +248,9 @@ class Gateway:
     def _submit(self, flow, record) -> None:
         if self.annotate:
             self.notes.track(flow)
-        self.services.feed.submit(record)
+        services = self.services
+        if services is not None:
+            services.feed.submit(record)
 
     def request(self, flow) -> None:
         if self.services is None:

@@ -273,7 +273,7 @@ class Inferrer:
         return f"t:{tenant}:{ticket_id}"
 
     async def _origin(self, ticket: Mapping[str, Any]) -> str:
-        contact = ticket.get("contact") if isinstance(ticket.get("contact"), dict) else {}
+        contact = v if isinstance(v := ticket.get("contact"), dict) else {}
         cid = as_int(ticket.get("contactId")) or as_int(contact.get("id"))
         if cid is not None and await self._get(f"hint:c:{cid}"):
             return model.ORIGIN_AGENT
@@ -362,7 +362,7 @@ class Inferrer:
         mid = message.get("id") or message.get("messageId")
         if not _is_message_id(mid) or not isinstance(message.get("fromMe"), bool):
             return []
-        ticket = message.get("ticket") if isinstance(message.get("ticket"), dict) else {}
+        ticket = v if isinstance(v := message.get("ticket"), dict) else {}
         ticket_id = as_int(message.get("ticketId")) or as_int(ticket.get("id"))
         tenant_id = tenant_id if tenant_id is not None else as_int(message.get("tenantId"))
         etype = model.MESSAGE_SENT if message["fromMe"] else model.MESSAGE_RECEIVED

@@ -19,7 +19,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, MutableMapping
 
 import structlog
 
@@ -214,9 +214,10 @@ def redact(value: Any, _depth: int = 0) -> Any:
         }
     if isinstance(value, (list, tuple)):
         # Header lists: [("authorization", "Bearer x"), ...]
+        make: Any = type(value)  # list or tuple (or a subclass of one)
         if len(value) == 2 and is_secret_key(value[0]):
-            return type(value)((value[0], _mask_value(value[1])))
-        return type(value)(redact(v, _depth + 1) for v in value)
+            return make((value[0], _mask_value(value[1])))
+        return make(redact(v, _depth + 1) for v in value)
     if isinstance(value, (set, frozenset)):
         return [redact(v, _depth + 1) for v in value]
     if isinstance(value, (bytes, bytearray)):
@@ -229,7 +230,7 @@ def redact(value: Any, _depth: int = 0) -> Any:
     return masked if masked != text else value
 
 
-def redact_processor(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_processor(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secrets in every value of the event dict."""
     for key, value in list(event_dict.items()):
         if key.startswith("_"):  # _record, _from_structlog: structlog's own plumbing
@@ -256,7 +257,7 @@ def _level_number(level: str | int) -> int:
         raise ValueError(f"unknown log level {level!r} (use one of {', '.join(_LEVELS)})") from None
 
 
-def _drop_below_level(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _drop_below_level(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # mitmproxy sets the root logger to DEBUG, so the stdlib's own check lets everything through;
     # drop early here, before any rendering work.
     if _LEVELS.get(method_name, logging.INFO) < _threshold:
@@ -264,7 +265,7 @@ def _drop_below_level(logger: Any, method_name: str, event_dict: dict[str, Any])
     return event_dict
 
 
-def _add_client(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _add_client(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # mitmproxy puts the client address on its records as `client`.
     record = event_dict.get("_record")
     client = getattr(record, "client", None) if record is not None else None
@@ -279,7 +280,7 @@ def _add_client(logger: Any, method_name: str, event_dict: dict[str, Any]) -> di
 _FIRST_KEYS = ("timestamp", "level", "logger", "event")
 
 
-def _order_keys(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _order_keys(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # JSON lines read better (and grep better) with the same four keys first.
     ordered = {k: event_dict.pop(k) for k in _FIRST_KEYS if k in event_dict}
     ordered.update(event_dict)

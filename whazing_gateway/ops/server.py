@@ -104,9 +104,8 @@ class OpsServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server  # the asyncio Server: the only place the bound port is known
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if runner.addresses:  # the bound sockets' names: where port 0 becomes a real port
+            self.port = runner.addresses[0][1]
         self._started_at = time.monotonic()
         log.info("ops server listening", host=self.host, port=self.port,
                  endpoints=["/metrics", "/healthz", "/readyz"])

@@ -73,7 +73,7 @@ def item_to_json(item: OutboxItem, attempts: list[Attempt] | None = None) -> dic
         body_out: Any = json.loads(body)
     except ValueError:
         body_out = body
-    out = {
+    out: dict[str, Any] = {
         "id": item.id, "target": item.target, "event_id": item.event_id, "event_type": item.event_type,
         "order_key": item.order_key, "ticket_id": item.ticket_id, "status": item.status,
         "attempts": item.attempts, "next_at": _iso(item.next_at) if item.status == "pending" else None,
@@ -241,7 +241,7 @@ async def _run(args: Any, outbox: Outbox, out) -> int:
 
     flt = filter_from_args(args)
     if action == "list":
-        items = await outbox.list(flt)
+        items = await outbox.find(flt)
         if args.json:
             out.write(json.dumps([item_to_json(i) for i in items], indent=2, ensure_ascii=False) + "\n")
             return 0
@@ -253,7 +253,7 @@ async def _run(args: Any, outbox: Outbox, out) -> int:
         if not flt.ids and flt.status is None:
             flt = OutboxFilter(target=flt.target, event_type=flt.event_type, status=DEAD,
                                since=flt.since, until=flt.until, limit=None)
-        matched = await outbox.list(OutboxFilter(**{**_fields(flt), "limit": None}))
+        matched = await outbox.find(OutboxFilter(**{**_fields(flt), "limit": None}))
         count = await outbox.retry(flt, time.time())
         resumed = []
         paused = await outbox.paused_targets()

@@ -299,7 +299,7 @@ class Outbox(abc.ABC):
 
     # admin
     @abc.abstractmethod
-    async def list(self, flt: OutboxFilter) -> list[OutboxItem]:
+    async def find(self, flt: OutboxFilter) -> list[OutboxItem]:
         """Matching items, newest event first, at most flt.limit."""
 
     @abc.abstractmethod

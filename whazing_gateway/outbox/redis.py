@@ -290,7 +290,10 @@ class RedisOutbox(Outbox):
         return n
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        # `while self._opened`, not `while True`: on Python 3.11 asyncio.wait_for (and timeouts
+        # inside redis-py) can swallow the cancel `close()` sends, which left close() waiting
+        # for these loops forever; the flag ends them at the next turn whatever happens to it.
+        while self._opened:
             await asyncio.sleep(self._heartbeat_s)
             try:
                 await self._heartbeat_once()
@@ -354,7 +357,7 @@ class RedisOutbox(Outbox):
 
     async def _flush_loop(self) -> None:
         backoff = self._flush_interval_s
-        while True:
+        while self._opened:  # see _heartbeat_loop
             try:
                 await asyncio.wait_for(self._flush_wake.wait(), timeout=backoff)
             except asyncio.TimeoutError:
@@ -538,7 +541,7 @@ class RedisOutbox(Outbox):
         items = [it for it in (_item_from_hash(h) for h in found) if flt.matches(it)]
         return items if limit is None else items[:limit]
 
-    async def list(self, flt: OutboxFilter) -> list[OutboxItem]:
+    async def find(self, flt: OutboxFilter) -> list[OutboxItem]:
         return await self._redis(lambda r: self._select(flt, flt.limit))
 
     async def get(self, item_id: str) -> tuple[OutboxItem, list[Attempt]] | None:

@@ -269,12 +269,12 @@ class SqliteOutbox(Outbox):
                 else:
                     self._failed(write_error)
                     log.error("outbox.sqlite_error", path=self.path, error=str(write_error))
-        for op, (result, exc) in zip(batch, results):
-            if exc is not None and isinstance(exc, sqlite3.Error):
-                wrapped = OutboxError(f"outbox {self.path}: {type(exc).__name__}: {exc}")
-                wrapped.__cause__ = exc
-                exc = wrapped
-            op.loop.call_soon_threadsafe(_resolve, op.future, result, exc)
+        for op, (result, failure) in zip(batch, results):
+            if failure is not None and isinstance(failure, sqlite3.Error):
+                wrapped = OutboxError(f"outbox {self.path}: {type(failure).__name__}: {failure}")
+                wrapped.__cause__ = failure
+                failure = wrapped
+            op.loop.call_soon_threadsafe(_resolve, op.future, result, failure)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], Any], write: bool = True) -> Any:
         if self._thread is None:
@@ -356,6 +356,7 @@ class SqliteOutbox(Outbox):
             )
         sort_col = 16 if probe else 12  # updated_at (least recently tried first) or next_at
         order = f" ORDER BY d.{'updated_at' if probe else 'next_at'}, d.seq LIMIT :limit"
+        queries: list[tuple[str, dict[str, Any]]]
         if targets is None:
             queries = [(base.format(index="deliveries_due") + order, {"now": now, "limit": limit})]
         else:
@@ -497,7 +498,7 @@ class SqliteOutbox(Outbox):
 
     # ---- admin ------------------------------------------------------------------------------
 
-    async def list(self, flt: OutboxFilter) -> list[OutboxItem]:
+    async def find(self, flt: OutboxFilter) -> list[OutboxItem]:
         where, args = _where(flt)
         sql = f"SELECT {_COLUMNS} FROM deliveries WHERE {where} ORDER BY created_at DESC, seq DESC"
         if flt.limit is not None:

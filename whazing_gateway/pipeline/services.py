@@ -17,6 +17,7 @@ import structlog
 
 from whazing_gateway.config import Settings
 from whazing_gateway.config.reload import initial_rules, register_rule_secrets
+from whazing_gateway.deliver.kinds import DeliverySender
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.pipeline.core import Pipeline, Result
@@ -37,6 +38,7 @@ def make_state(settings: Settings):
     if settings.storage_backend == "redis":
         from whazing_gateway.state.redis import RedisState, redis_client
 
+        assert settings.redis_url, "storage.redis.url is required with the redis backend (checked by the config)"
         return RedisState(redis_client(settings.redis_url), settings.redis_prefix)
     if settings.data_dir is not None:  # kept across restarts, for the catch-up
         from whazing_gateway.state.sqlite import SqliteState
@@ -77,15 +79,14 @@ class Services:
             self.outbox = open_outbox(local)
         from whazing_gateway.deliver.worker import WorkerProcess
 
-        self.sender: WorkerProcess | Sender
+        self.sender: DeliverySender
         if worker:
-            self.sender = WorkerProcess(settings.config_path, on_delivery=on_delivery)
+            self.sender = WorkerProcess(settings.config_path)
         else:
             router = self.router
             assert router is not None and self.outbox is not None
-            sender = Sender(self.outbox, lambda: router.rules.targets, per_ticket_order=settings.per_ticket_order)
-            sender.on_outcome = on_delivery
-            self.sender = sender
+            self.sender = Sender(self.outbox, lambda: router.rules.targets, per_ticket_order=settings.per_ticket_order)
+        self.sender.on_outcome = on_delivery
         self.feed: JournalWriter | Pipeline
         if self.child_mode:
             from whazing_gateway.pipeline.child import PipelineProcess, journal_dir
@@ -133,10 +134,7 @@ class Services:
                 await self.outbox.open()
             except Exception as exc:  # the proxy keeps passing traffic; /readyz says why
                 log.error("outbox could not be opened: events are inferred but not accepted", error=repr(exc))
-        if isinstance(self.sender, Sender):
-            await self.sender.start()
-        else:
-            self.sender.start()  # the worker process is spawned and supervised by a task
+        await self.sender.start()  # a worker process is spawned and supervised by a task
         from whazing_gateway.infer.catchup import WATERMARK_KEY
 
         try:  # load the persisted state before the pipeline process writes anything new to it
@@ -152,22 +150,22 @@ class Services:
         if s.metrics_port:
             from whazing_gateway.ops.server import OpsServer, directory_writable, tcp_listening, upstream_reachable
 
-            self.ops = OpsServer(s.metrics_host, s.metrics_port)
-            self.ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
-            self.ops.add_check("upstream", upstream_reachable(s.upstream))
-            self.ops.add_check("outbox", self.outbox_health)
-            self.ops.add_check("data_dir", directory_writable(s.data_dir))
+            self.ops = ops = OpsServer(s.metrics_host, s.metrics_port)
+            ops.add_check("proxy", tcp_listening("127.0.0.1" if s.listen_host in ("0.0.0.0", "::", "") else s.listen_host, s.listen_port))
+            ops.add_check("upstream", upstream_reachable(s.upstream))
+            ops.add_check("outbox", self.outbox_health)
+            ops.add_check("data_dir", directory_writable(s.data_dir))
             try:
-                await self.ops.start()
+                await ops.start()
             except OSError as exc:
                 log.error("metrics port unavailable", port=s.metrics_port, error=str(exc))
                 self.ops = None
         if s.rules_reload_s and self.router is not None:
             from whazing_gateway.config.reload import RulesWatcher
 
-            self.watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
-                                        on_reload=register_rule_secrets)
-            self.watcher.start()
+            self.watcher = watcher = RulesWatcher(self.router, s.rules_dir, settings=s, interval_s=s.rules_reload_s,
+                                                  on_reload=register_rule_secrets)
+            watcher.start()
         from whazing_gateway.edge.observer import CatchUp, Observer
 
         self.observer = Observer.from_settings(s)

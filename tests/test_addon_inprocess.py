@@ -1,0 +1,269 @@
+"""The mitmproxy addon in-process, with mitmproxy's own test tools (`mitmproxy.test.taddons`
+for the addon context, `tflow` for flows): what the hooks hand to the pipeline and what they
+leave alone, the memory bounds (websocket history, the flow viewer's `max_flows`, the pipeline
+queue), hook failures that must not touch the traffic, and one push followed from the hook to a
+delivered webhook. No process is started: the gateway's real services run in this event loop
+(SQLite outbox in tmp_path, the in-process sender, a real aiohttp receiver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mitmproxy import http, websocket
+from mitmproxy.addons.save import Save
+from mitmproxy.addons.view import View
+from mitmproxy.test import taddons, tflow
+
+from tests.harness import rules_yaml
+from whazing_gateway.edge import addon as edge
+from whazing_gateway.edge.addon import WS_KEEP_MESSAGES, Gateway
+from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, WsFrame
+from whazing_gateway.ops import metrics
+
+PUSH = ('42["1:ticketList",{"type":"chat:create","payload":{"id":"m-1","body":"oi","fromMe":false,'
+        '"ticketId":7,"ticket":{"id":7,"status":"pending","queueId":2,"whatsappId":1}}}]')
+
+
+def write_config(tmp_path: Path, target_url: str = "http://127.0.0.1:9/hook", max_flows: int = 2000) -> Path:
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "test.yaml").write_text(rules_yaml(target_url))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        upstream: http://127.0.0.1:3000
+        rules_dir: rules
+        rules_reload_s: 0
+        data_dir: data
+        observer: {{enabled: false}}
+        metrics: {{port: 0}}
+        log: {{format: json, level: warning}}
+        proxy: {{max_flows: {max_flows}}}
+        delivery: {{worker: inline, retry_schedule: [0, 1]}}
+        """))
+    return config
+
+
+def rest_flow(method: str, path: str, *, body: bytes = b"", status: int = 200, answer: object = None,
+              headers: dict[str, str] | None = None) -> http.HTTPFlow:
+    f = tflow.tflow(req=tflow.treq(method=method.encode(), path=path.encode(), content=body,
+                                   headers=http.Headers(content_type="application/json", **(headers or {}))),
+                    resp=tflow.tresp(status_code=status, content=json.dumps(answer or {}).encode(),
+                                     headers=http.Headers(content_type="application/json")))
+    return f
+
+
+def ws_flow() -> http.HTTPFlow:
+    """A websocket flow with no message yet (tflow's comes with three)."""
+    f = tflow.twebsocketflow()
+    assert f.websocket is not None
+    f.websocket.messages.clear()
+    return f
+
+
+def frame(flow: http.HTTPFlow, text: str, from_client: bool = False) -> None:
+    assert flow.websocket is not None
+    flow.websocket.messages.append(websocket.WebSocketMessage(1, from_client, text.encode(), time.time()))
+
+
+def handed_off(gw: Gateway) -> list:
+    """What the hooks queued for the pipeline (taken off the queue, synchronously)."""
+    assert gw.services is not None
+    q = gw.services.pipeline.queue
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+        q.task_done()  # taken here, not by the pipeline: its drain at `done` must not wait for them
+    return out
+
+
+@pytest.fixture
+async def running(tmp_path):
+    """A Gateway addon past mitmproxy's `running` hook, in a taddons context; `done` after."""
+    gateways: list[Gateway] = []
+
+    async def start(*extra_addons, **config_kw) -> tuple[Gateway, taddons.context]:
+        gw = Gateway()
+        tctx = taddons.context(*extra_addons, gw)
+        tctx.configure(gw, whazing_config=str(write_config(tmp_path, **config_kw)))
+        gw.running()
+        gateways.append(gw)
+        return gw, tctx
+
+    yield start
+    for gw in gateways:
+        await gw.done()
+
+
+async def test_before_running_the_hooks_do_nothing():
+    gw = Gateway()
+    with taddons.context(gw):
+        f = rest_flow("POST", "/tickets", body=b'{"contactId": 1}')
+        gw.request(f)
+        gw.response(f)
+        assert gw.services is None and f.request.content == b'{"contactId": 1}'
+
+
+async def test_requests_handed_off_are_only_creations(running):
+    gw, _ = await running()
+    create = rest_flow("POST", "/tickets", body=b'{"contactId": 5, "status": "open"}',
+                       headers={"authorization": "Bearer x.y.z", "cookie": "secret=1"})
+    gw.request(create)
+    for method, path in [("GET", "/tickets/1"), ("PUT", "/tickets/1"), ("POST", "/auth/login"),
+                         ("POST", "/messages/1"), ("GET", "/socket.io/?EIO=4&transport=polling"),
+                         ("POST", "/somewhere/else")]:
+        gw.request(rest_flow(method, path, body=b'{"a": 1}'))
+    (rec,) = handed_off(gw)
+    assert isinstance(rec, HttpRequestSeen) and (rec.method, rec.path) == ("POST", "/tickets")
+    assert rec.body == b'{"contactId": 5, "status": "open"}' and rec.flow_id == create.id
+    # Only the headers the decoder reads are copied: never cookies.
+    assert rec.headers.get("authorization") == "Bearer x.y.z" and "cookie" not in rec.headers
+
+
+async def test_responses_handed_off_are_those_that_carry_tickets(running):
+    gw, _ = await running()
+    wanted = [("GET", "/tickets/1"), ("PUT", "/tickets/1"), ("GET", "/tickets"), ("DELETE", "/tickets/1"),
+              ("POST", "/tickets"), ("GET", "/socket.io/?EIO=4&transport=polling&sid=x")]
+    for method, path in wanted:
+        gw.response(rest_flow(method, path, answer={"id": 1, "status": "open"}))
+    for method, path in [("POST", "/auth/login"), ("POST", "/messages/1"), ("GET", "/queue"),
+                         ("POST", "/tickets/close-tickets"), ("GET", "/contacts/1")]:
+        gw.response(rest_flow(method, path, answer={"id": 1, "status": "open"}))
+    recs = handed_off(gw)
+    assert all(isinstance(r, HttpExchange) for r in recs)
+    assert [(r.method, r.path) for r in recs] == [(m, p.partition("?")[0]) for m, p in wanted]
+    assert recs[0].resp_body == b'{"id": 1, "status": "open"}' and recs[0].status == 200
+
+
+async def test_frames_handed_off_are_server_pushes_on_list_channels(running):
+    gw, _ = await running()
+    ws = ws_flow()
+    sent = [(PUSH, False), (PUSH, True), ("2", False), ("3", True), ('42["1:notification",{}]', False),
+            ('42["1:contactList",{"type":"contact:update","payload":{}}]', False), ('40{"sid":"x"}', False)]
+    for text, from_client in sent:
+        frame(ws, text, from_client)
+        gw.websocket_message(ws)
+    recs = handed_off(gw)
+    assert all(isinstance(r, WsFrame) and not r.from_client and r.flow_id == ws.id for r in recs)
+    # The hook's test is a prefix and a channel-name mark; the decoder sorts the channels out.
+    assert [r.content.decode() for r in recs] == [PUSH, '42["1:contactList",{"type":"contact:update","payload":{}}]']
+
+
+async def test_websocket_history_is_trimmed_to_the_bound(running):
+    gw, _ = await running()
+    ws = ws_flow()
+    for i in range(WS_KEEP_MESSAGES + 150):
+        frame(ws, f"2probe{i}")
+        gw.websocket_message(ws)
+        assert len(ws.websocket.messages) <= WS_KEEP_MESSAGES
+    assert len(ws.websocket.messages) == WS_KEEP_MESSAGES
+    assert ws.websocket.messages[-1].content == f"2probe{WS_KEEP_MESSAGES + 149}".encode()  # the newest stay
+
+
+async def test_websocket_history_is_kept_whole_while_a_capture_is_saved(running, tmp_path):
+    save = Save()
+    gw, tctx = await running(save)
+    tctx.configure(save, save_stream_file=str(tmp_path / "capture.flows"))
+    gw.configure({"save_stream_file"})
+    assert gw.recording
+    ws = ws_flow()
+    for i in range(WS_KEEP_MESSAGES + 50):
+        frame(ws, f"2probe{i}")
+        gw.websocket_message(ws)
+    assert len(ws.websocket.messages) == WS_KEEP_MESSAGES + 50  # replay needs every frame
+    save.done()
+
+
+async def test_the_flow_viewer_keeps_at_most_max_flows(running):
+    view = View()
+    gw, _ = await running(view, max_flows=5)
+    assert gw.limit is not None and gw.annotate  # a viewer: bounded and annotated
+
+    def finish(f) -> None:
+        f.live = False  # what mitmproxy does once the flow's exchange is over
+
+    flows = [rest_flow("GET", f"/queue?n={i}") for i in range(12)]
+    for f in flows:
+        view.add([f])
+        gw.response(f)
+        finish(f)
+        assert len(view) <= 5
+    assert [f.id for f in view] == [f.id for f in flows[-5:]]  # the oldest went, the newest stay
+    # An errored flow and a finished websocket take a place too.
+    broken = tflow.tflow(err=True)
+    view.add([broken])
+    gw.error(broken)
+    finish(broken)
+    ended = ws_flow()
+    view.add([ended])
+    gw.websocket_end(ended)
+    finish(ended)
+    assert broken in view and ended in view and len(view) == 5
+    # A flow still live when its turn comes keeps its place, and goes once it has finished.
+    slow = rest_flow("GET", "/queue?slow")
+    view.add([slow])
+    gw.response(slow)
+    for i in range(5):
+        f = rest_flow("GET", f"/queue?after={i}")
+        view.add([f])
+        gw.response(f)
+        finish(f)
+    assert slow in view and len(view) <= 6
+    finish(slow)
+    for i in range(6):
+        f = rest_flow("GET", f"/queue?later={i}")
+        view.add([f])
+        gw.response(f)
+        finish(f)
+    assert slow not in view and len(view) == 5
+
+
+async def test_without_a_viewer_nothing_is_bounded_or_annotated(running):
+    gw, _ = await running()
+    assert gw.limit is None and not gw.annotate
+
+
+async def test_a_failing_hook_leaves_the_flow_alone_and_is_counted(running):
+    gw, _ = await running()
+    ws = ws_flow()  # no message at all: the hook's read fails
+    before = metrics.REGISTRY.get_sample_value("whazing_gateway_stage_errors_total", {"stage": "hook_websocket"}) or 0
+    gw.websocket_message(ws)  # must not raise into mitmproxy
+    after = metrics.REGISTRY.get_sample_value("whazing_gateway_stage_errors_total", {"stage": "hook_websocket"})
+    assert after == before + 1 and ws.websocket.messages == [] and handed_off(gw) == []
+
+
+async def test_a_full_queue_drops_the_observation_not_the_flow(running, monkeypatch):
+    gw, _ = await running()
+    assert gw.services is not None
+    q: asyncio.Queue = asyncio.Queue(maxsize=2)
+    monkeypatch.setattr(gw.services.pipeline, "queue", q)
+    before = metrics.REGISTRY.get_sample_value("whazing_gateway_observations_dropped_total") or 0
+    ws = ws_flow()
+    for _ in range(5):
+        frame(ws, PUSH)
+        gw.websocket_message(ws)  # never blocks, never raises
+    assert q.qsize() == 2
+    assert metrics.REGISTRY.get_sample_value("whazing_gateway_observations_dropped_total") == before + 3
+
+
+async def test_a_push_through_the_hook_becomes_a_delivered_webhook(running, receiver):
+    gw, _ = await running(target_url=receiver.url())
+    ws = ws_flow()
+    frame(ws, PUSH)
+    gw.websocket_message(ws)
+    (got,) = await receiver.wait_for(1, timeout=20)
+    body = got.json()
+    assert body["type"] == "message.received" and body["data"]["ticket"]["id"] == 7
+    assert got.webhook_id and got.headers.get("webhook-signature", "").startswith("v1,")
+
+
+def test_the_module_names_the_thin_file_mitmdump_loads():
+    """`addons/gateway.py` hands mitmproxy exactly one Gateway, from the installed package."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "addons" / "gateway.py").read_text()
+    assert "from whazing_gateway.edge.addon import Gateway" in text and "addons = [Gateway()]" in text
+    assert edge.Gateway is Gateway
