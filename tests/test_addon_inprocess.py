@@ -42,7 +42,7 @@ def write_config(tmp_path: Path, target_url: str = "http://127.0.0.1:9/hook", ma
         observer: {{enabled: false}}
         metrics: {{port: 0}}
         log: {{format: json, level: warning}}
-        proxy: {{max_flows: {max_flows}}}
+        proxy: {{max_flows: {max_flows}, pipeline: inline}}
         delivery: {{worker: inline, retry_schedule: [0, 1]}}
         """))
     return config

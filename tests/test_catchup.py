@@ -3,6 +3,8 @@ through the real Inferrer; and the SQLite state that keeps what we knew across r
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import subprocess
 import sys
@@ -99,6 +101,7 @@ def test_message_gaps_only_when_the_last_message_is_newer_than_what_we_saw():
     assert catchup.plan([newer], {(1, 1): Known(state=snapshot(seen), last_received=msg)}, SINCE).gaps == []
 
 
+@pytest.mark.slow
 def test_sqlite_state_survives_a_process_and_expires(tmp_path):
     path = tmp_path / "state.db"
 

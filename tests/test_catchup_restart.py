@@ -26,7 +26,6 @@ import pytest
 
 from tests.harness import GatewayProcess, RawBrowser, login, rules_yaml, wait_until
 from tests.receivers import Receiver
-from tests.redis_server import redis_server  # noqa: F401  (fixture)
 from whazing_gateway.decode import decode_frame
 from whazing_gateway.edge.records import WsFrame
 from whazing_gateway.infer.inferrer import Inferrer

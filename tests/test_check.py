@@ -224,6 +224,7 @@ ISSUE_CASES.update({
 })
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ISSUE_CASES))
 def test_issue_mistakes(tmp_path, case):
     gateway, files, expected = ISSUE_CASES[case]

@@ -63,7 +63,7 @@ def statuses(db: Path) -> dict[str, str]:
         async with SqliteOutbox(db) as ob:
             from whazing_gateway.outbox.base import OutboxFilter
 
-            return {i.id: i.status for i in await ob.list(OutboxFilter(limit=None))}
+            return {i.id: i.status for i in await ob.find(OutboxFilter(limit=None))}
 
     return asyncio.run(get())
 

@@ -15,7 +15,7 @@ from tests.harness import GatewayProcess, rules_yaml
 from tests.receivers import free_port
 from whazing_gateway import model
 from whazing_gateway.config import ConfigError, Issue, Settings, expand_env, load_rules, load_settings
-from whazing_gateway.config.running import running_settings
+from whazing_gateway.edge.running import running_settings
 
 
 def write(path: Path, text: str) -> Path:

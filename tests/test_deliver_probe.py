@@ -20,7 +20,6 @@ from whazing_gateway.outbox.sqlite import SqliteOutbox
 
 try:
     from tests.receivers import Receiver
-    from tests.redis_server import redis_server  # noqa: F401  (fixture)
 except ImportError:  # pragma: no cover - run from inside tests/
     from receivers import Receiver
     from redis_server import redis_server  # noqa: F401
@@ -114,7 +113,7 @@ async def test_down_then_up_target_is_probed_and_released_in_order(outbox, tmp_p
                 assert seq == sorted(seq) and set(seq) == {0, 1, 2, 3}
             assert probes(name, "success") >= 1
             await wait_until(lambda: _state(outbox, name, HEALTHY), 5, "target healthy again")
-            items = await outbox.list(OutboxFilter(target=name, limit=None))
+            items = await outbox.find(OutboxFilter(target=name, limit=None))
             assert all(i.round_attempts <= 3 for i in items)  # probes did not eat the schedule
         finally:
             await sender.stop(timeout=1)
@@ -126,7 +125,7 @@ async def _state(outbox, name: str, state: str) -> bool:
 
 
 async def _all_delivered(outbox, sent) -> bool:
-    items = await outbox.list(OutboxFilter(ids=tuple(d.id for d in sent), limit=None))
+    items = await outbox.find(OutboxFilter(ids=tuple(d.id for d in sent), limit=None))
     return len(items) == len(sent) and all(i.status == DELIVERED for i in items)
 
 

@@ -58,6 +58,7 @@ def _check_cli(cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_check_rejects_a_backtracking_rule_with_file_line_and_why(tmp_path):
     _rules_folder(tmp_path, "channels:\n  - channel: '*'\n    targets: t\n    events: all\n"
                             "    match:\n      text: '(\\w+)\\s\\1'\n")
@@ -69,6 +70,7 @@ def test_check_rejects_a_backtracking_rule_with_file_line_and_why(tmp_path):
     assert "re2.cc" not in proc.stderr  # RE2's own logging stays quiet
 
 
+@pytest.mark.slow
 def test_check_accepts_the_catastrophic_looking_pattern_re2_runs_linearly(tmp_path):
     _rules_folder(tmp_path, "channels:\n  - channel: '*'\n    targets: t\n    events: all\n"
                             "    match:\n      text: '(a+)+$'\n")
@@ -81,6 +83,7 @@ def test_check_accepts_the_catastrophic_looking_pattern_re2_runs_linearly(tmp_pa
 
 
 # -- rules-file size: refused before YAML parsing --------------------------------------------------
+@pytest.mark.slow
 def test_a_50_mb_rules_file_is_refused_unparsed(tmp_path):
     folder = _rules_folder(tmp_path, "channels: []\n")
     with open(folder / "rules" / "big.yaml", "w") as f:

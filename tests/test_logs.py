@@ -485,6 +485,7 @@ def test_data_files_are_private_even_in_an_existing_loose_folder(tmp_path):
     assert all(mode(p) == 0o600 for p in files), {p.name: oct(mode(p)) for p in files}
 
 
+@pytest.mark.slow
 async def test_redis_outbox_stores_no_url_secret(tmp_path, redis_server, clean_registry):
     """The Redis engine keeps paused URLs and attempt errors masked too (a real redis-server)."""
     import redis

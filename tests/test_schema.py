@@ -30,6 +30,7 @@ def validator(kind: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(FILES))
 def test_shipped_schema_is_the_generated_one(kind):
     """`whazing-gateway schema KIND` (a real subprocess) prints exactly the shipped file."""

@@ -105,6 +105,10 @@ class Settings:
     inspect_max_bytes: Size = setting("proxy.inspect_max_bytes", 1_048_576,
                                       "JSON bodies above this size are passed through without inspection.")
     max_flows: NonNegativeInt = setting("proxy.max_flows", 2000, "Flows kept in memory for the flow viewer.")
+    pipeline: Worker = setting("proxy.pipeline", "process",
+                               "process: decode, inference, routing and outbox writes run in a child process fed "
+                               "through the journal, so no input can stall the proxy | inline: in the proxy's "
+                               "event loop (tests, tiny setups).")
     journal_max_bytes: Size = setting("proxy.journal_max_bytes", 1 << 30,
                                       "Raw records waiting on disk for the pipeline process; past it they are dropped, "
                                       "counted and logged.")

@@ -18,7 +18,7 @@ from mitmproxy import ctx, exceptions, hooks
 from mitmproxy import flow as mflow
 
 from whazing_gateway.config import ConfigError, Settings, load_settings
-from whazing_gateway.config import running as running_values
+from whazing_gateway.edge import running as running_values
 from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
 from whazing_gateway.ops import metrics

@@ -94,7 +94,7 @@ async def _serve(settings, web: bool, extra: list[str]) -> int:
     from mitmproxy.tools.dump import DumpMaster
     from mitmproxy.tools.web.master import WebMaster
 
-    from whazing_gateway.config.running import running_settings
+    from whazing_gateway.edge.running import running_settings
     from whazing_gateway.edge.addon import Gateway
 
     opts = options.Options()

@@ -203,7 +203,7 @@ async def serve(settings, annotate: bool) -> int:
     from whazing_gateway.outbox import open_outbox
     from whazing_gateway.pipeline.core import Pipeline
     from whazing_gateway.pipeline.journal import JournalReader, open_dir
-    from whazing_gateway.pipeline.services import make_state
+    from whazing_gateway.state import open_state
     from whazing_gateway.route.router import Router
 
     loop = asyncio.get_running_loop()
@@ -217,7 +217,7 @@ async def serve(settings, annotate: bool) -> int:
     lock = await _lock(directory, stop_now)
     if lock is None:
         return 0
-    state = make_state(settings)
+    state = open_state(settings)
     router = Router(initial_rules(settings), state, MediaFetcher.from_settings(settings))
     register_rule_secrets(router.rules)
     outbox = open_outbox(settings)

@@ -24,7 +24,7 @@ from whazing_gateway.pipeline.core import Pipeline, Result
 from whazing_gateway.pipeline.journal import JournalWriter
 from whazing_gateway.deliver.media import MediaFetcher
 from whazing_gateway.route.router import Router
-from whazing_gateway.state.memory import MemoryState
+from whazing_gateway.state import open_state
 
 if TYPE_CHECKING:
     from whazing_gateway.config.reload import RulesWatcher
@@ -32,19 +32,6 @@ if TYPE_CHECKING:
     from whazing_gateway.ops.server import OpsServer
 
 log = structlog.get_logger(__name__)
-
-
-def make_state(settings: Settings):
-    if settings.storage_backend == "redis":
-        from whazing_gateway.state.redis import RedisState, redis_client
-
-        assert settings.redis_url, "storage.redis.url is required with the redis backend (checked by the config)"
-        return RedisState(redis_client(settings.redis_url), settings.redis_prefix)
-    if settings.data_dir is not None:  # kept across restarts, for the catch-up
-        from whazing_gateway.state.sqlite import SqliteState
-
-        return SqliteState(os.path.join(settings.data_dir, "state.db"))
-    return MemoryState()
 
 
 class Services:
@@ -62,7 +49,8 @@ class Services:
         from whazing_gateway.outbox import open_outbox
 
         self.settings = settings
-        self.child_mode = settings.config_path is not None
+        # The child reads the same gateway.yaml: without a file (tests, replay) the pipeline runs here.
+        self.child_mode = settings.config_path is not None and settings.pipeline == "process"
         worker = settings.delivery_worker == "process" and settings.config_path is not None
         self.router: Router | None = None
         self.outbox = None
@@ -70,7 +58,7 @@ class Services:
         self.pipeline_process = None
         # The inference's state. With a pipeline process, this process still reads it (and keeps the
         # catch-up watermark in it): what was known before a restart tells the catch-up what changed.
-        self.state = make_state(settings)
+        self.state = open_state(settings)
         if not self.child_mode or not worker:  # this process routes or sends: it needs the rules
             self.router = Router(initial_rules(settings), self.state, MediaFetcher.from_settings(settings))
             local = settings
