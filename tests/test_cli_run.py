@@ -5,11 +5,14 @@ state, and the gateway's own words on shutdown. A real gateway process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from tests.echo_upstream import start_echo
 from tests.harness import GatewayProcess, rules_yaml, wait_until
 from tests.receivers import Receiver, free_port
 from whazing_gateway.outbox.sqlite import SqliteOutbox
@@ -23,13 +26,23 @@ async def readyz(gw: GatewayProcess) -> tuple[int, dict]:
             return r.status, await r.json()
 
 
+@contextlib.asynccontextmanager
+async def upstream() -> AsyncIterator[str]:
+    """A live upstream: /readyz counts an unreachable one as not ready."""
+    runner, url = await start_echo()
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
 def events(gw: GatewayProcess, name: str) -> list[dict]:
     return [r for r in gw.log_records() if r.get("event") == name]
 
 
 async def test_broken_rules_at_start_keep_running_routing_nothing_until_fixed(tmp_path):
-    async with Receiver() as rx:
-        gw = GatewayProcess(tmp_path, f"http://127.0.0.1:{free_port()}", "targets: [unclosed\n",
+    async with Receiver() as rx, upstream() as up:
+        gw = GatewayProcess(tmp_path, up, "targets: [unclosed\n",
                             settings="rules_reload_s: 0.2\nobserver: {enabled: false}\n")
         await gw.start()
         try:
@@ -38,8 +51,9 @@ async def test_broken_rules_at_start_keep_running_routing_nothing_until_fixed(tm
             assert "Error logged during startup" not in gw.log()
             refused = events(gw, "rules refused at start: nothing is routed until they are fixed")
             assert len(refused) == 1, refused  # once: not again by the delivery worker
-            started = events(gw, "gateway started")
-            assert len(started) == 1 and started[0]["targets"] == 0
+            assert len(events(gw, "gateway started")) == 1
+            await wait_until(lambda: events(gw, "pipeline.started"), 20, what="the pipeline process")
+            assert events(gw, "pipeline.started")[0]["targets"] == 0  # routing nothing
             (gw.workdir / "rules" / "test.yaml").write_text(rules_yaml(rx.url()))
             await wait_until(lambda: events(gw, "rules.reloaded"), 20, what="the fixed rules reloaded")
             assert gw.proc.poll() is None
@@ -49,8 +63,8 @@ async def test_broken_rules_at_start_keep_running_routing_nothing_until_fixed(tm
 
 
 async def test_run_logs_its_own_shutdown(tmp_path):
-    async with Receiver() as rx:
-        gw = GatewayProcess(tmp_path, f"http://127.0.0.1:{free_port()}", rules_yaml(rx.url()),
+    async with Receiver() as rx, upstream() as up:
+        gw = GatewayProcess(tmp_path, up, rules_yaml(rx.url()),
                             settings="observer: {enabled: false}\n")
         await gw.start()
         code = await gw.stop(signal.SIGTERM)
@@ -72,7 +86,8 @@ async def test_readyz_shows_the_current_outbox_state_not_an_old_error(tmp_path):
     from whazing_gateway.pipeline.services import Services
 
     gw = GatewayProcess(tmp_path, f"http://127.0.0.1:{free_port()}", "targets: []\n",
-                        settings="observer: {enabled: false}\ndelivery: {worker: inline}\n")
+                        settings="observer: {enabled: false}\ndelivery: {worker: inline}\n"
+                                 "proxy: {pipeline: inline}\n")
     settings = load_settings(gw.config)
     services = Services(settings)
     await services.start()

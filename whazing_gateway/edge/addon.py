@@ -233,11 +233,10 @@ class Gateway:
             import time
 
             t0 = time.monotonic()
-            pipeline = getattr(self.services, "pipeline", None)
-            queue = getattr(pipeline, "queue", None)
-            queued = queue.qsize() if queue is not None else None
+            queued = self.services.queued()
             log.info("gateway stopping", observations_queued=queued,
-                     hint="draining: queued observations are inferred and committed before exit")
+                     hint="draining: queued observations are written to the journal (or inferred and "
+                          "committed, with an inline pipeline) before exit")
             await self.services.stop()
             self.services = None
             log.info("gateway stopped", observations_drained=queued,

@@ -108,6 +108,13 @@ class Services:
             self.feed.start()
         self._start_task = asyncio.get_running_loop().create_task(self.start())
 
+    def queued(self) -> int:
+        """Records handed off by the hooks and not yet where they are safe (the journal's file,
+        or, with an inline pipeline, the outbox)."""
+        if isinstance(self.feed, JournalWriter):
+            return self.feed.buffered
+        return self.feed.queue.qsize()
+
     def outbox_health(self) -> tuple[bool, str]:
         if self.pipeline_process is not None:
             return self.pipeline_process.health()
