@@ -117,7 +117,7 @@ async def _upstream(handler) -> tuple[aiohttp.web.AppRunner, str]:
 async def test_fetcher_reads_from_the_upstream_renews_its_login_and_says_why_it_skips():
     from aiohttp import web
 
-    from whazing_gateway.deliver.media import MediaFetcher, upstream_url
+    from whazing_gateway.upstream.media import MediaFetcher, upstream_url
 
     logins: list[str] = []
     seen: list[tuple[str, str | None]] = []

@@ -189,7 +189,7 @@ def test_sample_n8n_flow_expressions_resolve_on_our_bodies():
 
 
 def test_media_in_base64_fills_the_field_or_appends_a_note():
-    from whazing_gateway.deliver.media import Media
+    from whazing_gateway.upstream.media import Media
 
     doc = dict(MESSAGE, mediaType="document", mediaUrl="http://w/public/0001-a.pdf")
     plain = json.loads(render(ev(model.MESSAGE_RECEIVED, message=doc)))

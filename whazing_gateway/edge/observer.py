@@ -30,6 +30,8 @@ import structlog
 
 from whazing_gateway.ops import metrics
 
+from whazing_gateway.upstream.login import login
+
 log = structlog.get_logger(__name__)
 
 
@@ -124,21 +126,6 @@ class Observer:
                     backoff = min(backoff * 2, self.max_backoff_s)
                     continue
                 await self._disconnect()
-
-
-async def login(session: aiohttp.ClientSession, base_url: str, email: str, password: str) -> str:
-    """Whazing's `POST /auth/login/`; the token is masked in every log line from now on."""
-    async with session.post(f"{base_url}/auth/login/", json={"email": email, "password": password}) as resp:
-        if resp.status != 200:
-            raise PermissionError(f"observer login refused: HTTP {resp.status}")
-        body = await resp.json()
-    token = body.get("token") if isinstance(body, dict) else None
-    if not token:
-        raise PermissionError("observer login answered without a token")
-    from whazing_gateway.ops.logs import register_secret
-
-    register_secret(token)
-    return token
 
 
 async def _close(client: socketio.AsyncClient) -> None:

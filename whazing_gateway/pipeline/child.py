@@ -198,7 +198,7 @@ async def _read_stdin(on_eof) -> None:
 
 async def serve(settings, annotate: bool) -> int:
     from whazing_gateway.config.reload import RulesWatcher, initial_rules, register_rule_secrets
-    from whazing_gateway.deliver.media import MediaFetcher
+    from whazing_gateway.upstream.media import MediaFetcher
     from whazing_gateway.infer.inferrer import Inferrer
     from whazing_gateway.outbox import open_outbox
     from whazing_gateway.pipeline.core import Pipeline

@@ -22,7 +22,7 @@ from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.pipeline.core import Pipeline, Result
 from whazing_gateway.pipeline.journal import JournalWriter
-from whazing_gateway.deliver.media import MediaFetcher
+from whazing_gateway.upstream.media import MediaFetcher
 from whazing_gateway.route.router import Router
 from whazing_gateway.state import open_state
 

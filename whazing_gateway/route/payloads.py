@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from whazing_gateway import model
-from whazing_gateway.deliver.media import Media
+from whazing_gateway.upstream.media import Media
 from whazing_gateway.route.rules import channel_of, message_ticket, ticket_contact
 
 FORMATS = model.FORMATS  # declared once, as model.Format

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from whazing_gateway import model
-from whazing_gateway.deliver.media import Media, MediaFetcher
+from whazing_gateway.upstream.media import Media, MediaFetcher
 from whazing_gateway.ops import metrics
 from whazing_gateway.route.payloads import render
 from whazing_gateway.route.rules import QueueRule, RuleSet, knows_queue, queue_name_for, queue_of

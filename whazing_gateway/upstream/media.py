@@ -19,6 +19,8 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import structlog
 
+from whazing_gateway.upstream.login import login
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -75,19 +77,8 @@ class MediaFetcher:
         async with self._login_lock:
             if self._token is not None and self._token != stale:
                 return self._token  # another fetch renewed it meanwhile
-            async with session.post(f"{self.upstream}/auth/login/",
-                                    json={"email": self._email, "password": self._password}) as resp:
-                if resp.status != 200:
-                    raise PermissionError(f"login refused: HTTP {resp.status}")
-                body = await resp.json()
-            token = body.get("token") if isinstance(body, dict) else None
-            if not isinstance(token, str) or not token:
-                raise PermissionError("login answered without a token")
-            from whazing_gateway.ops.logs import register_secret
-
-            register_secret(token)
-            self._token = token
-            return token
+            self._token = await login(session, self.upstream, self._email, self._password)
+            return self._token
 
     async def fetch(self, media_url: str, **context) -> Media:
         """The media at `media_url` (read from the upstream), or why it is left out. Never raises."""
