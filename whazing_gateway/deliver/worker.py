@@ -32,7 +32,6 @@ log = structlog.get_logger(__name__)
 STATS_INTERVAL_S = 2.0
 # Under saturation the proxy's event loop comes first: accepted webhooks wait in the outbox a
 # little longer instead of the traffic slowing down.
-NICE = 10
 
 
 class _Rules:
@@ -128,21 +127,6 @@ async def serve(settings) -> int:
 
 
 # ---- the parent's side -------------------------------------------------------------------------
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """In the worker, first thing: SIGTERM when the parent dies, even by kill -9 (Linux).
-
-    Done after exec rather than in a preexec_fn: the parent has threads (the outbox's), and
-    running Python between fork and exec in a threaded process can deadlock."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: the closed stdin still stops the worker
-        return
-    if os.getppid() != parent_pid:  # the parent died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerProcess:
@@ -250,6 +234,7 @@ class WorkerProcess:
 
 def main(argv: list[str] | None = None) -> int:
     from whazing_gateway.config import ConfigError, load_settings
+    from whazing_gateway.ops.children import become_child
     from whazing_gateway.ops.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m whazing_gateway.deliver.worker", description=__doc__.splitlines()[0])
@@ -257,11 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
-        _die_with_parent(args.parent_pid)
-        try:  # spawned by a gateway: yield the CPU to its proxy when both want it
-            os.nice(NICE)
-        except OSError:
-            pass
+        become_child(args.parent_pid)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

@@ -39,10 +39,9 @@ log = structlog.get_logger(__name__)
 
 STATUS_INTERVAL_S = 0.5
 WAKE_EVERY_S = 0.02
-# The pipeline process yields the CPU to the proxy when both want it: under saturation records
-# wait in the journal (lag grows) instead of the traffic slowing down; they are read once the
-# load eases.
-NICE = 10
+# The pipeline process yields the CPU to the proxy when both want it (ops/children.py): under
+# saturation records wait in the journal (lag grows) instead of the traffic slowing down; they
+# are read once the load eases.
 DRAIN_TIMEOUT_S = 10.0
 
 
@@ -358,7 +357,7 @@ class PipelineProcess:
 
 def main(argv: list[str] | None = None) -> int:
     from whazing_gateway.config import ConfigError, load_settings
-    from whazing_gateway.deliver.worker import _die_with_parent
+    from whazing_gateway.ops.children import become_child
     from whazing_gateway.ops.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m whazing_gateway.pipeline.child",
@@ -368,11 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--annotate", action="store_true", help="report results for the flow viewer")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
-        _die_with_parent(args.parent_pid)
-    try:
-        os.nice(NICE)
-    except OSError:
-        pass
+        become_child(args.parent_pid)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
