@@ -158,7 +158,8 @@ class CatchUp:
 
     def __init__(self, upstream: str, email: str, password: str, state: Any, submit: Callable[[Any], None],
                  observer: Observer, *, heartbeat_s: float = 1.0, margin_s: float = 5.0,
-                 max_pages: int = 40, clock: Callable[[], float] = time.time) -> None:
+                 max_pages: int = 40, clock: Callable[[], float] = time.time,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.upstream = upstream.rstrip("/")
         self.email = email
         self._password = password
@@ -169,15 +170,20 @@ class CatchUp:
         self.margin_s = margin_s
         self.max_pages = max_pages
         self._clock = clock
+        # False while the pipeline process has not loaded its state yet: it reads the watermark
+        # once, at its start, so this one must not move before then (a newer one would hide the
+        # tickets created while the gateway was away).
+        self.ready = ready
         self._task: asyncio.Task | None = None
         self.runs = 0
         self.last_plan: Any = None
 
     @classmethod
-    def from_settings(cls, settings, state, submit, observer: Observer | None) -> "CatchUp | None":
+    def from_settings(cls, settings, state, submit, observer: Observer | None,
+                      ready: Callable[[], bool] = lambda: True) -> "CatchUp | None":
         if observer is None:  # no login, no listing: said once by the observer already
             return None
-        return cls(settings.upstream, observer.email, observer._password, state, submit, observer)
+        return cls(settings.upstream, observer.email, observer._password, state, submit, observer, ready=ready)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="whazing-catchup")
@@ -194,6 +200,9 @@ class CatchUp:
     async def _run(self) -> None:
         handled = 0  # observer connection number whose catch-up is done
         while True:
+            if not self.ready():
+                await asyncio.sleep(self.heartbeat_s / 10)
+                continue
             connects = self.observer.connects
             if self.observer.connected and connects != handled:
                 if await self._once():

@@ -151,9 +151,14 @@ class Inferrer:
     again, under the same ids (the outbox ignores a delivery id it already holds).
     """
 
-    def __init__(self, state: StateStore, settings: InferSettings | None = None) -> None:
+    def __init__(self, state: StateStore, settings: InferSettings | None = None, *,
+                 away_since: float | None = None) -> None:
         self.state = state
         self.settings = settings or InferSettings()
+        # The catch-up watermark as it was when this process started (the pipeline process reads
+        # it then): tickets created after it and never seen were created while the gateway was
+        # away. None: read the state's current one (a pipeline in the proxy's own process).
+        self.away_since = away_since
         self._overlay: dict[str, Any] = {}
         self._writes: list[tuple[str, Any, float | None]] = []
 
@@ -340,7 +345,8 @@ class Inferrer:
         seen: its creation happened while the gateway was away."""
         from whazing_gateway.infer.catchup import WATERMARK_KEY
 
-        since, created = await self._get(WATERMARK_KEY), _ts(ticket.get("createdAt"))
+        since = self.away_since if self.away_since is not None else await self._get(WATERMARK_KEY)
+        created = _ts(ticket.get("createdAt"))
         return isinstance(since, (int, float)) and created is not None and created >= since
 
     async def _emit(self, found, ticket, tenant_id, ticket_id, ts, source, flow_id) -> list[Event]:

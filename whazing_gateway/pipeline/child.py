@@ -217,12 +217,22 @@ async def serve(settings, annotate: bool) -> int:
     if lock is None:
         return 0
     state = open_state(settings)
+    from whazing_gateway.infer.catchup import WATERMARK_KEY
+
+    # Loaded now, before the first report: the inference reads the catch-up watermark as it was
+    # when this process started (the parent moves it only after that report).
+    try:
+        watermark = await state.get(WATERMARK_KEY)
+    except Exception as exc:  # Redis down: the state falls back on its own; no watermark then
+        log.warning("pipeline: catch-up watermark unreadable at start", error=repr(exc))
+        watermark = None
     router = Router(initial_rules(settings), state, MediaFetcher.from_settings(settings))
     register_rule_secrets(router.rules)
     outbox = open_outbox(settings)
     await _open_outbox(outbox, stop_now)
     reader = JournalReader(directory)
-    pipeline = Pipeline(Inferrer(state), router.route, outbox.put, json_limit=settings.inspect_max_bytes,
+    away_since = float(watermark) if isinstance(watermark, (int, float)) else None
+    pipeline = Pipeline(Inferrer(state, away_since=away_since), router.route, outbox.put, json_limit=settings.inspect_max_bytes,
                         on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
     reporter = Reporter(outbox)
     consumer = Consumer(reader, pipeline, reporter)
@@ -278,6 +288,7 @@ class PipelineProcess:
         self.restarts = 0
         # not ready until the process has started and opened the outbox (its first report)
         self.outbox_ok: tuple[bool, str] = (False, "pipeline process starting")
+        self.reported = False  # the current process has loaded its state and reported once
         self.mirror = metrics.Mirror()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -309,6 +320,7 @@ class PipelineProcess:
             assert self.proc is not None and self.proc.stdout is not None
             self.mirror.reset()  # a new process counts from zero
             self.outbox_ok = (False, "pipeline process starting")
+            self.reported = False
             log.info("pipeline.spawned", pid=self.proc.pid)
             async for line in self.proc.stdout:
                 self._handle(line)
@@ -333,6 +345,7 @@ class PipelineProcess:
                     self.on_result(rec["r"])
             elif "m" in rec:
                 self.mirror.apply(rec["m"])
+                self.reported = True
                 ok, error = rec["o"]
                 self.outbox_ok = (bool(ok), "ok" if ok else str(error))
         except Exception as exc:  # a garbled line must not stop the mirror

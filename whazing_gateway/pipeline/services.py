@@ -167,7 +167,9 @@ class Services:
         if self.observer is not None:
             self.observer.start()
         # what changed while we were away, fed to the pipeline like any pushed frame
-        self.catchup = CatchUp.from_settings(s, self.state, self.feed.submit, self.observer)
+        pipeline_process = self.pipeline_process
+        ready = (lambda: pipeline_process.reported) if pipeline_process is not None else (lambda: True)
+        self.catchup = CatchUp.from_settings(s, self.state, self.feed.submit, self.observer, ready=ready)
         if self.catchup is not None:
             self.catchup.start()
         log.info("gateway started", upstream=s.upstream, listen=f"{s.listen_host}:{s.listen_port}",
