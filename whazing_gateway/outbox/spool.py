@@ -14,7 +14,7 @@ import threading
 from typing import Sequence
 
 from whazing_gateway import model
-from whazing_gateway.outbox.files import private_file
+from whazing_gateway.ops.files import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (

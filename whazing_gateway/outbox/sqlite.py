@@ -24,7 +24,7 @@ import structlog
 
 from whazing_gateway import model
 from whazing_gateway.ops.logs import mask_url
-from whazing_gateway.outbox.files import private_file
+from whazing_gateway.ops.files import private_file
 from whazing_gateway.outbox.base import (
     DEAD,
     DELIVERED,

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from whazing_gateway.ops.files import private_file
 from whazing_gateway.state.memory import MemoryState
 
 log = structlog.get_logger(__name__)
@@ -124,6 +125,7 @@ class SqliteState:
 
     def _connect(self) -> sqlite3.Connection:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        private_file(self.path)  # 0600 in a 0700 folder: it holds customers' tickets
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

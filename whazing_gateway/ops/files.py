@@ -1,5 +1,5 @@
 """Data files at rest are private: folders 0700, files 0600 (they hold customers' names, numbers
-and messages). Used by every store that writes to disk (SQLite outbox, Redis spool).
+and messages). Used by every store that writes to disk (SQLite outbox, Redis spool, state).
 """
 
 from __future__ import annotations
