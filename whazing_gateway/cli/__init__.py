@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return deliveries_command(args)
     if args.command == "demo":
         try:
+            import whazing_standin.server  # noqa: F401  (the stand-in itself: PyJWT)
             from whazing_standin.demo import demo_command
         except ImportError as exc:  # the stand-in and PyJWT are not part of a production install
             sys.stderr.write(f"the demo needs the Whazing stand-in ({exc.name} is missing): "

@@ -94,7 +94,9 @@ async def serve(settings) -> int:
     if settings.storage_backend == "redis":
         # its own local spool: only the parent puts, but two processes must never share one file
         settings = dataclasses.replace(settings, data_dir=settings.data_dir / "worker")
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        from whazing_gateway.ops.files import private_dir
+
+        private_dir(settings.data_dir)
     holder = _Rules(initial_rules(settings, quiet=True))
     outbox = open_outbox(settings)
     await outbox.open()

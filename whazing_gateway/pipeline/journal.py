@@ -32,6 +32,8 @@ from typing import BinaryIO
 
 import structlog
 
+from whazing_gateway.ops.files import private_dir
+
 from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, Record, WsFrame
 from whazing_gateway.ops import metrics
 
@@ -120,9 +122,8 @@ def segment_path(directory: Path, seq: int) -> Path:
 
 
 def open_dir(directory: Path) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return directory
+    """The journal's folder, private like every data folder (raw traffic: customers' messages)."""
+    return private_dir(directory)
 
 
 # -- the proxy's side ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -20,6 +19,7 @@ from whazing_gateway.config.reload import initial_rules, register_rule_secrets
 from whazing_gateway.deliver.kinds import DeliverySender
 from whazing_gateway.deliver.sender import Sender
 from whazing_gateway.infer.inferrer import Inferrer
+from whazing_gateway.ops.files import private_dir
 from whazing_gateway.pipeline.core import Pipeline, Result
 from whazing_gateway.pipeline.journal import JournalWriter
 from whazing_gateway.upstream.media import MediaFetcher
@@ -123,7 +123,7 @@ class Services:
 
     async def start(self) -> None:
         s = self.settings
-        os.makedirs(s.data_dir, exist_ok=True)
+        private_dir(s.data_dir)  # 0700 before anything is written in it
         if self.outbox is not None:
             try:
                 await self.outbox.open()

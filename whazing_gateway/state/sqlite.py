@@ -124,7 +124,6 @@ class SqliteState:
     # ---- the thread side ------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         private_file(self.path)  # 0600 in a 0700 folder: it holds customers' tickets
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
         conn.execute("PRAGMA journal_mode = WAL")
