@@ -31,7 +31,9 @@ def private_dir(directory: str | os.PathLike) -> Path:
     a warning: the files in it are 0600 all the same."""
     path = Path(directory).resolve()
     if not path.exists():
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if not path.parent.exists():  # missing parents are ours too (data/ for data/journal/)
+            private_dir(path.parent)
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
         os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
         return path
     st = path.stat()
