@@ -402,3 +402,91 @@ async def test_hostile_flood_beside_a_real_day_loses_no_event(tmp_path):
         await receiver.stop()
         await standin.stop()
     assert "Traceback" not in gw.log()
+
+
+def _deflate_bomb(inflated: int) -> bytes:
+    """A permessage-deflate payload (RFC 7692: raw deflate, sync-flushed, tail stripped) of
+    `inflated` spaces: about 1 KB per MB."""
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = b" " * (1 << 20)
+    parts = [c.compress(chunk) for _ in range(inflated >> 20)]
+    parts.append(c.flush(zlib.Z_SYNC_FLUSH))
+    data = b"".join(parts)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    return data[:-4]
+
+
+def _masked_frame(first_byte: int, payload: bytes) -> bytes:
+    import struct
+
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes([first_byte, 0x80 | n])
+    elif n < 65536:
+        head = bytes([first_byte, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([first_byte, 0x80 | 127]) + struct.pack(">Q", n)
+    padded = mask * (n // 4 + 1)
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(padded[:n], "big")).to_bytes(n, "big")
+    return head + mask + body
+
+
+@pytest.mark.slow
+async def test_a_permessage_deflate_bomb_closes_only_its_websocket(tmp_path):
+    """Point 7: a 256 KB compressed frame that inflates to 256 MiB. mitmproxy inflates before any
+    hook and has no limit; `proxy.websocket_max_message` bounds it: that socket is closed with
+    1009, the proxy's memory stays flat, a normal compressed 63 KB message beside it arrives
+    intact both ways, and the refusal is counted."""
+    import asyncio
+    import base64
+
+    import aiohttp
+
+    from tests.echo_upstream import start_echo
+    from tests.harness import GatewayProcess, rules_yaml
+
+    runner, upstream = await start_echo()
+    gw = GatewayProcess(tmp_path, upstream, rules_yaml("http://127.0.0.1:9/unused"),
+                        settings="proxy: {websocket_max_message: 1m}\n")
+    await gw.start()
+    session = aiohttp.ClientSession()
+    try:
+        ws_url = gw.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        normal = await session.ws_connect(ws_url, compress=15, max_msg_size=0)
+        assert normal.compress == 15, "permessage-deflate was not negotiated through the proxy"
+        text = "42[\"1:ticketList\"," + json.dumps({"padding": "x" * 63_000, "n": 1}) + "]"
+        await normal.send_str(text)
+        assert (await asyncio.wait_for(normal.receive(), 30)).data == text
+        before = _rss_kib(gw.proc.pid)["VmRSS"]
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" in head.lower(), head
+        bomb = _deflate_bomb(256 << 20)
+        writer.write(_masked_frame(0xC1, bomb))  # FIN, RSV1 (compressed), text
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(64), 30)
+        assert answer[:1] == b"\x88" and answer[2:4] == (1009).to_bytes(2, "big"), answer
+        writer.close()
+
+        # the other socket and plain HTTP go on as before
+        await normal.send_str(text)
+        assert (await asyncio.wait_for(normal.receive(), 30)).data == text
+        async with session.get(gw.url + "/tickets/1") as r:
+            assert r.status == 200
+        after = _rss_kib(gw.proc.pid)
+        assert after["VmHWM"] - before < 64 * 1024, (before, after)  # unbounded: 256 MiB inflated, twice
+        assert _metric(await gw.metrics(), "whazing_gateway_bad_input_total", kind="ws_inflate") == 1
+        await normal.close()
+    finally:
+        await session.close()
+        await gw.stop()
+        await runner.cleanup()
+    assert "Traceback" not in gw.log()

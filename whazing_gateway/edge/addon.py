@@ -21,6 +21,7 @@ from whazing_gateway.config import ConfigError, Settings, load_settings
 from whazing_gateway.edge import running as running_values
 from whazing_gateway.decode import routes
 from whazing_gateway.edge import records as traffic
+from whazing_gateway.edge import ws_limits
 from whazing_gateway.ops import metrics
 from whazing_gateway.pipeline.core import ThrottledLog
 
@@ -223,6 +224,7 @@ class Gateway:
         self.annotate = view is not None or self.recording
         notes = self.notes if self.annotate else None
         self.frame_limit = settings.inspect_max_bytes
+        ws_limits.install(settings.websocket_max_message)
         _gateway_errors_are_not_fatal()
         self.services = services = Services(settings, on_result=notes.on_result if notes else None,
                                             on_delivery=notes.on_delivery if notes else None)
@@ -282,8 +284,13 @@ class Gateway:
                     metrics.UNINSPECTED.labels("frame").inc()
                 else:
                     self._submit(flow, traffic.frame_record(flow.id, msg))
-            if len(messages) > WS_KEEP_MESSAGES and not self.recording:
-                del messages[: len(messages) - WS_KEEP_MESSAGES]
+            if not self.recording:
+                if len(messages) > WS_KEEP_MESSAGES:
+                    del messages[: len(messages) - WS_KEEP_MESSAGES]
+                # A message too big to read is not kept once passed on (it is forwarded from
+                # mitmproxy's own reference): 200 of them would hold 200 x its size.
+                if len(messages) > 1 and len(messages[-2].content) > self.frame_limit:
+                    del messages[-2]
         except Exception as exc:
             self._failed("websocket", exc, flow)
 
