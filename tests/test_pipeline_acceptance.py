@@ -148,3 +148,31 @@ async def test_one_bad_record_costs_only_itself(tmp_path):
     [again] = await pipe.process_batch([frame("B", 13, "fb")])
     assert again.accepted and len(again.events) == 1
     await outbox.close()
+
+
+async def test_queue_integration_state_follows_the_records_acceptance():
+    """The router remembers which queue integration a ticket is in (state, like the inference's):
+    a record whose deliveries the outbox refuses must leave no trace of it, an accepted one must."""
+    from whazing_gateway import model
+    from whazing_gateway.route.router import QI_PREFIX, Router
+    from whazing_gateway.route.rules import QueueRule, RuleSet
+
+    rules = RuleSet(targets={"q": model.Target("q", "http://127.0.0.1:9/")}, channel_rules=(),
+                    queue_rules=(QueueRule("queue 2", "t:1", (2,), ("q",)),))
+
+    async def qi_keys(state: MemoryState) -> list:
+        return [k for k in list(state._items) if k.startswith(QI_PREFIX)]
+
+    for refuse in (True, False):
+        state = MemoryState()
+        inferrer = Inferrer(state)
+        router = Router(rules, inferrer.uncommitted)
+
+        async def put(deliveries, refuse=refuse):
+            if refuse:
+                raise ValueError("the outbox cannot store this")  # a refusal of the data, not retried
+        pipe = Pipeline(inferrer, router.route, put, retry=FAST)
+        result = await pipe.process(frame("Q1", ticket_id=77))
+        assert [d.target for d in result.deliveries] == ["q"]
+        assert result.accepted is not refuse
+        assert bool(await qi_keys(state)) is not refuse, f"refused={refuse}: {await qi_keys(state)}"

@@ -56,8 +56,9 @@ async def dry_run(records: list[Record], settings, rules) -> list[dict[str, Any]
     from whazing_gateway.state.memory import MemoryState
 
     state = MemoryState()
-    router = Router(rules, state)
-    pipeline = Pipeline(Inferrer(state), router.route, None, json_limit=settings.inspect_max_bytes)
+    inferrer = Inferrer(state)
+    router = Router(rules, inferrer.uncommitted)
+    pipeline = Pipeline(inferrer, router.route, None, json_limit=settings.inspect_max_bytes)
     out = []
     for record in records:
         result = await pipeline.process(record)

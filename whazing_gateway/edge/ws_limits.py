@@ -44,8 +44,10 @@ class BoundedDeflate(_ORIGINAL):  # type: ignore[misc,valid-type]
         if not self._inbound_compressed or not self._inbound_is_compressible:
             return data
         room = type(self).max_message - self._inflated
+        decompressor = self._decompressor
+        assert decompressor is not None  # set by frame_inbound_header for a compressed message
         try:
-            out = self._decompressor.decompress(bytes(data), max(room, 0) + 1)
+            out = decompressor.decompress(bytes(data), max(room, 0) + 1)
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         self._inflated += len(out)

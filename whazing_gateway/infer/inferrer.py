@@ -183,6 +183,12 @@ class Inferrer:
         return first
 
     # -- uncommitted writes: per-record containment and outbox refusals (pipeline/core.py) --------
+    @property
+    def uncommitted(self) -> "Uncommitted":
+        """The state as this batch sees it, for the router's own small state (queue
+        integrations): its writes are undone and committed with the inference's."""
+        return Uncommitted(self)
+
     def savepoint(self) -> tuple[int, dict[str, Any]]:
         """Where the uncommitted writes stand, to undo one record that failed half-way."""
         return len(self._writes), dict(self._overlay)
@@ -386,3 +392,15 @@ class Inferrer:
         return [Event(eid, etype, tenant_id, ticket_id, when, ticket_view, dict(message), {}, None, "socket", flow_id)]
 
 
+class Uncommitted:
+    """A store whose reads see the batch's uncommitted writes and whose writes wait for
+    `Inferrer.commit`: what the router remembers about a ticket is undone with the record."""
+
+    def __init__(self, inferrer: Inferrer) -> None:
+        self._inferrer = inferrer
+
+    async def get(self, key: str) -> Any:
+        return await self._inferrer._get(key)
+
+    async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        self._inferrer._set(key, value, ttl_s)

@@ -226,13 +226,14 @@ async def serve(settings, annotate: bool) -> int:
     except Exception as exc:  # Redis down: the state falls back on its own; no watermark then
         log.warning("pipeline: catch-up watermark unreadable at start", error=repr(exc))
         watermark = None
-    router = Router(initial_rules(settings), state, MediaFetcher.from_settings(settings))
+    away_since = float(watermark) if isinstance(watermark, (int, float)) else None
+    inferrer = Inferrer(state, away_since=away_since)
+    router = Router(initial_rules(settings), inferrer.uncommitted, MediaFetcher.from_settings(settings))
     register_rule_secrets(router.rules)
     outbox = open_outbox(settings)
     await _open_outbox(outbox, stop_now)
     reader = JournalReader(directory)
-    away_since = float(watermark) if isinstance(watermark, (int, float)) else None
-    pipeline = Pipeline(Inferrer(state, away_since=away_since), router.route, outbox.put, json_limit=settings.inspect_max_bytes,
+    pipeline = Pipeline(inferrer, router.route, outbox.put, json_limit=settings.inspect_max_bytes,
                         on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
     reporter = Reporter(outbox)
     consumer = Consumer(reader, pipeline, reporter)

@@ -59,8 +59,11 @@ class Services:
         # The inference's state. With a pipeline process, this process still reads it (and keeps the
         # catch-up watermark in it): what was known before a restart tells the catch-up what changed.
         self.state = open_state(settings)
+        # The router's own state (queue integrations) goes through the inference's batch, so a
+        # record that fails or is refused undoes it too.
+        self.inferrer = Inferrer(self.state)
         if not self.child_mode or not worker:  # this process routes or sends: it needs the rules
-            self.router = Router(initial_rules(settings), self.state, MediaFetcher.from_settings(settings))
+            self.router = Router(initial_rules(settings), self.inferrer.uncommitted, MediaFetcher.from_settings(settings))
             local = settings
             if self.child_mode and settings.storage_backend == "redis":  # the child has data_dir's spool
                 local = dataclasses.replace(settings, data_dir=Path(settings.data_dir) / "sender")
@@ -84,7 +87,6 @@ class Services:
                                                     on_result=on_result, wake=self.sender.wake)
         else:
             assert self.router is not None and self.outbox is not None
-            self.inferrer = Inferrer(self.state)
             notes = on_result
 
             def summarized(result: Result) -> None:

@@ -1,7 +1,9 @@
 """Events x rules -> deliveries.
 
 Pure except for one small piece of state per ticket, the queue integration's, kept in the
-StateStore under "qi:<tenant>:<ticket>" so replicas sharing a Redis agree on it. The rules
+state store under "qi:<tenant>:<ticket>" so replicas sharing a Redis agree on it (in the
+pipeline through the inference's uncommitted batch: undone with a failed or refused record,
+written with its commit). The rules
 are read once per event from `self.rules`, which hot reload replaces by assignment: an event
 is routed by one rule set, never half of each.
 """
@@ -19,7 +21,7 @@ from whazing_gateway.upstream.media import Media, MediaFetcher
 from whazing_gateway.ops import metrics
 from whazing_gateway.route.payloads import render
 from whazing_gateway.route.rules import QueueRule, RuleSet, knows_queue, queue_name_for, queue_of
-from whazing_gateway.state.memory import StateStore
+from whazing_gateway.state.memory import KeyValue
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +76,7 @@ class Router:
     rules get `mediaBase64: null` and a note (e.g. `replay`, which must stay offline).
     """
 
-    def __init__(self, rules: RuleSet, state: StateStore, media: MediaFetcher | None = None) -> None:
+    def __init__(self, rules: RuleSet, state: KeyValue, media: MediaFetcher | None = None) -> None:
         self.rules = rules
         self.state = state
         self.media = media

@@ -12,10 +12,15 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 
-class StateStore(Protocol):
+class KeyValue(Protocol):
+    """Reads and writes only: what the router keeps per ticket (its queue integrations)."""
+
     async def get(self, key: str) -> Any | None: ...
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None: ...
+
+
+class StateStore(KeyValue, Protocol):
 
     async def add_once(self, key: str, ttl_s: float | None = None) -> bool:
         """Mark `key` seen; True only for the first caller (the de-duplication primitive)."""
