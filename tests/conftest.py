@@ -48,6 +48,11 @@ class _Spawned:
 subprocess.Popen.__init__ = _Spawned.counting_init  # type: ignore[method-assign]
 
 
+def pytest_runtestloop(session) -> None:
+    """Count from the first test on: what a pytest-xdist worker starts for itself is no test's."""
+    _Spawned.at_last_check = _Spawned.count
+
+
 @pytest.fixture(autouse=True)
 def _no_process_in_the_fast_lane(request) -> Iterator[None]:
     # Counted from the end of the previous test: module-scoped fixtures set up for this one count.
