@@ -45,6 +45,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -437,16 +438,27 @@ def child_pids(gw: GatewayProcess | None) -> list[int]:
     return list(latest.values())
 
 
+async def _load(args, t: Target, wl: str, run_id: str) -> Sample:
+    if wl == "rest":
+        return await rest_load(t.url, args.seconds, args.warmup, args.concurrency, t.pid)
+    return await ws_load(t.url, wl.removeprefix("ws-"), args.seconds, args.warmup, args.ws_clients,
+                         args.ws_window, run_id, args.ws_rate, t.pid)
+
+
 async def one_run(args, t: Target, wl: str, receiver: Receiver, run_id: str) -> tuple[Sample, dict | None]:
     before = await gateway_counters(t.gateway) if t.gateway else None
     received0 = receiver.count()
     children = child_pids(t.gateway)
     children_cpu0 = sum(proc_cpu(p) for p in children)
-    if wl == "rest":
-        s = await rest_load(t.url, args.seconds, args.warmup, args.concurrency, t.pid)
-    else:
-        s = await ws_load(t.url, wl.removeprefix("ws-"), args.seconds, args.warmup, args.ws_clients,
-                          args.ws_window, run_id, args.ws_rate, t.pid)
+    if args.pause_children:  # the proxy process's own cost, with nothing else of the gateway's running
+        for p in children:
+            os.kill(p, signal.SIGSTOP)
+    try:
+        s = await _load(args, t, wl, run_id)
+    finally:
+        if args.pause_children:
+            for p in children:
+                os.kill(p, signal.SIGCONT)
     if t.gateway is None:
         return s, None
     cpu0 = proc_cpu(t.pid)
@@ -626,11 +638,11 @@ def summarize_profile(raw: Path, top: int, core_samples: float) -> dict:
         for f in stack.split(";"):
             m = _FRAME.match(f)
             frames.append((m["func"], m["file"]) if m else (f, ""))
-        ours = [fr for fr in frames if fr[1].startswith("addons/") and not fr[1].startswith(_ENTRY)]
+        ours = [fr for fr in frames if fr[1].startswith("whazing_gateway/") and not fr[1].startswith(_ENTRY)]
         if any(func.endswith("._worker") and file == "whazing_gateway/outbox/sqlite.py" for func, file in frames):
             area = "outbox thread (sqlite, off the event loop)"
         elif ours:
-            area = "addons/ on the event loop (our code, inclusive)"
+            area = "whazing_gateway/ in the proxy process (our code, inclusive)"
         elif any(file.startswith("mitmproxy/") for _, file in frames):
             area = "mitmproxy (proxying itself)"
         else:
@@ -638,13 +650,13 @@ def summarize_profile(raw: Path, top: int, core_samples: float) -> dict:
         areas[area] += n
         seen = set()
         for func, file in ours:
-            key = f"{func} ({file.removeprefix('addons/')})"
+            key = f"{func} ({file.removeprefix('whazing_gateway/')})"
             if key not in seen:
                 incl[key] += n
                 seen.add(key)
         if ours:
             func, file = ours[-1]
-            self_[f"{func} ({file.removeprefix('addons/')})"] += n
+            self_[f"{func} ({file.removeprefix('whazing_gateway/')})"] += n
 
     def share(v: int) -> float:
         return round(100.0 * v / core_samples, 1) if core_samples else 0.0
@@ -721,9 +733,9 @@ def markdown(result: dict) -> str:
         out += ["", f"Profile of {wl} ({p['per_s']:.0f}/s while sampled; "
                 f"GIL held {p.get('cpu_pct_of_core', 0)}% of the time, {p['samples']} samples), in % of wall time:", ""]
         out += [f"- {area}: {share}%" for area, share in p.get("areas", {}).items()]
-        out += ["", "| addons/ function (inclusive) | % of time |", "|---|---:|"]
+        out += ["", "| whazing_gateway/ function (inclusive) | % of time |", "|---|---:|"]
         out += [f"| {k} | {v} |" for k, v in p.get("inclusive", [])]
-        out += ["", "| innermost addons/ frame (self + non-addons callees) | % of time |", "|---|---:|"]
+        out += ["", "| innermost whazing_gateway/ frame (self + callees outside it) | % of time |", "|---|---:|"]
         out += [f"| {k} | {v} |" for k, v in p.get("self_below", [])]
     return "\n".join(out) + "\n"
 
@@ -753,6 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of the proxies to profile (default gateway; e.g. mitmdump,gateway)")
     p.add_argument("--profile-seconds", type=float, default=10.0, help="seconds sampled per workload (default 10)")
     p.add_argument("--profile-top", type=int, default=15, help="functions listed per profile (default 15)")
+    p.add_argument("--pause-children", action="store_true",
+                   help="diagnosis: SIGSTOP the gateway's pipeline process and delivery worker while each load runs "
+                   "(records wait in the journal): what the proxy process costs by itself")
     p.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
                    help="long-window mode: the first ws workload of --workloads (ws-mixed unless ws-worst is "
                    "named) through the gateway for SECONDS (e.g. 600), then report message events lost, records "
