@@ -48,8 +48,9 @@ class _Spawned:
 subprocess.Popen.__init__ = _Spawned.counting_init  # type: ignore[method-assign]
 
 
-def pytest_runtestloop(session) -> None:
-    """Count from the first test on: what a pytest-xdist worker starts for itself is no test's."""
+@pytest.fixture(scope="session", autouse=True)
+def _count_processes_from_the_first_test() -> None:
+    """What a pytest-xdist worker starts for itself before its first test is no test's."""
     _Spawned.at_last_check = _Spawned.count
 
 
