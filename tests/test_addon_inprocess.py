@@ -164,6 +164,56 @@ async def test_websocket_history_is_trimmed_to_the_bound(running):
     assert ws.websocket.messages[-1].content == f"2probe{WS_KEEP_MESSAGES + 149}".encode()  # the newest stay
 
 
+async def test_a_frame_too_big_to_read_leaves_the_history_once_passed_on(running):
+    """200 kept messages of 1 MB each would be 200 MB per socket: one past inspect_max_bytes is
+    dropped from the history at the next message (mitmproxy forwards its own reference first)."""
+    gw, _ = await running()
+    ws = ws_flow()
+    big = "4" + "x" * gw.frame_limit
+    frame(ws, "2probe-a")
+    gw.websocket_message(ws)
+    frame(ws, big)
+    gw.websocket_message(ws)
+    assert ws.websocket.messages[-1].content == big.encode()  # still there while its hook runs
+    frame(ws, "2probe-b")
+    gw.websocket_message(ws)
+    assert [m.content for m in ws.websocket.messages] == [b"2probe-a", b"2probe-b"]
+
+
+async def test_permessage_deflate_inflates_at_most_websocket_max_message(running):
+    """mitmproxy builds each websocket's extension from wsproto's class: after `running` it is the
+    bounded one, which refuses (1009) a message inflating past the limit and passes one below."""
+    import zlib
+
+    import wsproto.extensions
+    from wsproto.frame_protocol import CloseReason
+
+    from whazing_gateway.edge.ws_limits import BoundedDeflate
+
+    gw, _ = await running()
+    assert wsproto.extensions.PerMessageDeflate is BoundedDeflate
+    assert gw.settings is not None and BoundedDeflate.max_message == gw.settings.websocket_max_message
+
+    def inbound(ext, payload: bytes):
+        class Proto:
+            client = False
+        ext.frame_inbound_header(Proto, wsproto.frame_protocol.Opcode.TEXT,
+                                 wsproto.frame_protocol.RsvBits(True, False, False), len(payload))
+        return ext.frame_inbound_payload_data(Proto, payload)
+
+    def deflated(data: bytes) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    limit = BoundedDeflate.max_message
+    ok = BoundedDeflate()
+    ok.finalize("permessage-deflate")
+    assert inbound(ok, deflated(b"a" * 1000)) == b"a" * 1000
+    bomb = BoundedDeflate()
+    bomb.finalize("permessage-deflate")
+    assert inbound(bomb, deflated(b"\0" * (limit + 1))) is CloseReason.MESSAGE_TOO_BIG
+
+
 async def test_websocket_history_is_kept_whole_while_a_capture_is_saved(running, tmp_path):
     save = Save()
     gw, tctx = await running(save)
