@@ -15,7 +15,6 @@ Logs go to stderr, the same stream as the parent's.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import json
@@ -235,23 +234,12 @@ class WorkerProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from whazing_gateway.config import ConfigError, load_settings
-    from whazing_gateway.ops.children import become_child
-    from whazing_gateway.ops.logs import configure_logging
+    from whazing_gateway.ops.children import child_start
 
-    parser = argparse.ArgumentParser(prog="python -m whazing_gateway.deliver.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
-    args = parser.parse_args(argv)
-    if args.parent_pid is not None:
-        become_child(args.parent_pid)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
-    configure_logging(settings.log_format, settings.log_level, stream=sys.stderr)
-    return asyncio.run(serve(settings))
+    started = child_start("python -m whazing_gateway.deliver.worker", (__doc__ or "").splitlines()[0], argv)
+    if isinstance(started, int):
+        return started
+    return asyncio.run(serve(started[1]))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Logs (the `event` lines included) go to stderr, the parent's stream.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import fcntl
 import json
@@ -370,24 +369,13 @@ class PipelineProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from whazing_gateway.config import ConfigError, load_settings
-    from whazing_gateway.ops.children import become_child
-    from whazing_gateway.ops.logs import configure_logging
+    from whazing_gateway.ops.children import child_start
 
-    parser = argparse.ArgumentParser(prog="python -m whazing_gateway.pipeline.child",
-                                     description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
-    parser.add_argument("--annotate", action="store_true", help="report results for the flow viewer")
-    args = parser.parse_args(argv)
-    if args.parent_pid is not None:
-        become_child(args.parent_pid)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
-    configure_logging(settings.log_format, settings.log_level, stream=sys.stderr)
+    started = child_start("python -m whazing_gateway.pipeline.child", (__doc__ or "").splitlines()[0], argv,
+                          flags=(("--annotate", "report results for the flow viewer"),))
+    if isinstance(started, int):
+        return started
+    args, settings = started
     return asyncio.run(serve(settings, args.annotate))
 
 
