@@ -42,6 +42,10 @@ WAKE_EVERY_S = 0.02
 # saturation records wait in the journal (lag grows) instead of the traffic slowing down; they
 # are read once the load eases.
 DRAIN_TIMEOUT_S = 10.0
+# Records per outbox transaction and checkpoint when the journal has a backlog: each batch costs
+# one commit (an fsync), one checkpoint file and one state write, so a saturated proxy's
+# backlog is caught up with fewer of them. A quiet journal gives batches of one or two.
+BATCH_RECORDS = 256
 
 
 def journal_dir(settings) -> Path:
@@ -233,7 +237,7 @@ async def serve(settings, annotate: bool) -> int:
     await _open_outbox(outbox, stop_now)
     reader = JournalReader(directory)
     pipeline = Pipeline(inferrer, router.route, outbox.put, json_limit=settings.inspect_max_bytes,
-                        on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
+                        max_batch=BATCH_RECORDS, on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
     reporter = Reporter(outbox)
     consumer = Consumer(reader, pipeline, reporter)
     watcher = None

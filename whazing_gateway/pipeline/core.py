@@ -140,6 +140,11 @@ class RetryPolicy:
             delay = min(delay * 2, self.max_s)
 
 
+# Other tasks of the pipeline's loop get a turn at least this often within a batch (a turn per
+# record cost an event loop iteration, a syscall, per record).
+YIELD_EVERY_S = 0.005
+
+
 class GaveUp(Exception):
     """The outbox kept failing until the retry policy (or a stop) gave up on a batch."""
 
@@ -236,10 +241,12 @@ class Pipeline:
         Raises GaveUp (after undoing the batch's state) if the outbox kept failing until the
         retry policy or a stop ended the wait; the records are then not accepted."""
         results = []
+        yielded = time.monotonic()
         for record in records:
             results.append(await self._infer_and_route(record))
-            if len(records) > 1:
-                await asyncio.sleep(0)  # let other tasks run between records
+            if len(records) > 1 and time.monotonic() - yielded >= YIELD_EVERY_S:
+                await asyncio.sleep(0)  # let other tasks run within a long batch
+                yielded = time.monotonic()
         try:
             await self._accept(results)
         except BaseException:  # GaveUp, or cancelled while waiting: nothing was committed
