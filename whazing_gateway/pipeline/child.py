@@ -2,7 +2,7 @@
 
 The proxy's hooks only append raw records to the journal (`pipeline/journal.py`); this child
 of the gateway tails it in order, runs the same `Pipeline` as `replay`, and checkpoints its
-journal position after each outbox commit. A pathological record (a huge body, a slow rule)
+journal position after its outbox commits (at most every CHECKPOINT_EVERY_S). A pathological record (a huge body, a slow rule)
 costs this process's time, never the proxy's event loop; a crash of this process loses
 nothing (the journal is read again from the checkpoint; event ids derive from the change).
 
