@@ -46,6 +46,7 @@ DRAIN_TIMEOUT_S = 10.0
 # one commit (an fsync), one checkpoint file and one state write, so a saturated proxy's
 # backlog is caught up with fewer of them. A quiet journal gives batches of one or two.
 BATCH_RECORDS = 256
+SHARED_BATCH_RECORDS = 64  # with a Redis state shared by replicas (see serve)
 # While records trickle in, the consumer waits this long between partial batches, and writes its
 # journal checkpoint at most this often (and whenever it catches up or stops).
 GATHER_S = 0.02
@@ -93,8 +94,9 @@ async def _open_outbox(outbox, stopping: asyncio.Event) -> None:
 class Consumer:
     """Reads the journal, runs batches through the pipeline, checkpoints after each commit."""
 
-    def __init__(self, reader, pipeline, report) -> None:
+    def __init__(self, reader, pipeline, report, *, gather_s: float = 0.0) -> None:
         self.reader = reader
+        self.gather_s = gather_s
         self.pipeline = pipeline
         self.report = report
         self.busy_at = 0.0
@@ -168,10 +170,10 @@ class Consumer:
                     pending, checkpointed_at = None, now
                 metrics.PIPELINE_LAG.set(max(0.0, time.time() - records[-1].ts))
                 self._after_commit()
-                if len(items) < self.pipeline.max_batch:
+                if self.gather_s and len(items) < self.pipeline.max_batch:
                     # records trickle in: let a few ms of them gather into the next batch
                     # (one commit, one wakeup) rather than waking per record
-                    await asyncio.sleep(GATHER_S)
+                    await asyncio.sleep(self.gather_s)
         finally:
             if pending is not None:
                 try:
@@ -265,10 +267,14 @@ async def serve(settings, annotate: bool) -> int:
     outbox = open_outbox(settings)
     await _open_outbox(outbox, stop_now)
     reader = JournalReader(directory)
+    # Replicas sharing a Redis state each infer against what the others committed: they process
+    # promptly, in small batches, so none infers long against a state the others have moved on.
+    shared = settings.storage_backend == "redis"
     pipeline = Pipeline(inferrer, router.route, outbox.put, json_limit=settings.inspect_max_bytes,
-                        max_batch=BATCH_RECORDS, on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
+                        max_batch=SHARED_BATCH_RECORDS if shared else BATCH_RECORDS,
+                        on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
     reporter = Reporter(outbox)
-    consumer = Consumer(reader, pipeline, reporter)
+    consumer = Consumer(reader, pipeline, reporter, gather_s=0.0 if shared else GATHER_S)
     watcher = None
     if settings.rules_reload_s:
         watcher = RulesWatcher(router, settings.rules_dir, settings=settings, interval_s=settings.rules_reload_s,
