@@ -29,8 +29,6 @@ from whazing_gateway.deliver.kinds import OutcomeHook
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL_S = 2.0
-# Under saturation the proxy's event loop comes first: accepted webhooks wait in the outbox a
-# little longer instead of the traffic slowing down.
 
 
 class _Rules:

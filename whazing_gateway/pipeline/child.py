@@ -2,9 +2,10 @@
 
 The proxy's hooks only append raw records to the journal (`pipeline/journal.py`); this child
 of the gateway tails it in order, runs the same `Pipeline` as `replay`, and checkpoints its
-journal position after its outbox commits (at most every CHECKPOINT_EVERY_S). A pathological record (a huge body, a slow rule)
-costs this process's time, never the proxy's event loop; a crash of this process loses
-nothing (the journal is read again from the checkpoint; event ids derive from the change).
+journal position after its outbox commits (at most every CHECKPOINT_EVERY_S). A pathological
+record (a huge body, a slow rule) costs this process's time, never the proxy's event loop; a
+crash of this process loses nothing (the journal is read again from the checkpoint; event ids
+derive from the change).
 
 It is separate from the delivery worker (`deliver/worker.py`): a stalled or crashing pipeline
 never delays webhooks already accepted, a slow receiver never delays acceptance, and on a
@@ -92,7 +93,7 @@ async def _open_outbox(outbox, stopping: asyncio.Event) -> None:
 
 
 class Consumer:
-    """Reads the journal, runs batches through the pipeline, checkpoints after each commit."""
+    """Reads the journal, runs batches through the pipeline, checkpoints after their commits."""
 
     def __init__(self, reader, pipeline, report, *, gather_s: float = 0.0) -> None:
         self.reader = reader
@@ -133,13 +134,18 @@ class Consumer:
         idle = 0
         pending = None  # read and accepted, not yet checkpointed
         checkpointed_at = 0.0
+
+        def checkpoint() -> None:
+            nonlocal pending, checkpointed_at
+            if pending is not None:
+                self.reader.commit(pending)
+                pending, checkpointed_at = None, time.monotonic()
+
         try:
             while True:
                 items = self.reader.read(self.pipeline.max_batch)
                 if not items:
-                    if pending is not None:
-                        self.reader.commit(pending)
-                        pending = None
+                    checkpoint()
                     self.caught_up.set()
                     idle += 1
                     # caught up: poll often right after traffic, then every 50 ms (idle CPU ~0)
@@ -152,9 +158,7 @@ class Consumer:
                 try:
                     await self.pipeline.process_batch(records)
                 except GaveUp:  # stopping while the outbox fails: read again at the next start
-                    if pending is not None:
-                        self.reader.commit(pending)
-                        pending = None
+                    checkpoint()  # the batches before this one were accepted
                     self.reader.rewind()
                     return
                 except Exception as exc:  # a bug: skip the batch rather than loop on it forever
@@ -162,12 +166,10 @@ class Consumer:
                     log.error("unexpected error in the pipeline: batch skipped", error=repr(exc),
                               records=len(records), flow_id=records[0].flow_id)
                 pending = items[-1][1]
-                now = time.monotonic()
                 # A record read again after a crash makes the same event ids (the outbox ignores
                 # them) and finds its state committed: the checkpoint may lag a little behind.
-                if now - checkpointed_at >= CHECKPOINT_EVERY_S:
-                    self.reader.commit(pending)
-                    pending, checkpointed_at = None, now
+                if time.monotonic() - checkpointed_at >= CHECKPOINT_EVERY_S:
+                    checkpoint()
                 metrics.PIPELINE_LAG.set(max(0.0, time.time() - records[-1].ts))
                 self._after_commit()
                 if self.gather_s and len(items) < self.pipeline.max_batch:
@@ -175,11 +177,10 @@ class Consumer:
                     # (one commit, one wakeup) rather than waking per record
                     await asyncio.sleep(self.gather_s)
         finally:
-            if pending is not None:
-                try:
-                    self.reader.commit(pending)
-                except OSError as exc:
-                    log.warning("pipeline: last checkpoint not written (records are read again)", error=repr(exc))
+            try:
+                checkpoint()
+            except OSError as exc:
+                log.warning("pipeline: last checkpoint not written (records are read again)", error=repr(exc))
 
 
 class Reporter:

@@ -4,8 +4,9 @@ Every record the hooks keep goes through an append-only journal of segment files
 `data_dir/journal/`. The proxy's side (`JournalWriter`) only appends a reference to a bounded
 in-memory buffer; a writer thread encodes and appends, off the event loop. The pipeline
 process (`JournalReader`) tails the segments in order and checkpoints its position after its
-outbox commits (never before them), so a record is either committed or read again after a crash (event ids derive
-from the change: a record read twice makes the same ids, which the outbox ignores).
+outbox commits (never before them), so a record is either committed or read again after a
+crash (event ids derive from the change: a record read twice makes the same ids, which the
+outbox ignores).
 
 Bounds: past `memory_records` / `memory_bytes` waiting for the writer thread, or past
 `max_bytes` of unconsumed journal on disk, a record is dropped, counted

@@ -59,11 +59,13 @@ class Services:
         # The inference's state. With a pipeline process, this process still reads it (and keeps the
         # catch-up watermark in it): what was known before a restart tells the catch-up what changed.
         self.state = open_state(settings)
-        # The router's own state (queue integrations) goes through the inference's batch, so a
-        # record that fails or is refused undoes it too.
-        self.inferrer = Inferrer(self.state)
+        # With the pipeline here, the router's own state (queue integrations) goes through the
+        # inference's batch, so a record that fails or is refused undoes it too. Otherwise this
+        # process's router only names the targets for the sender.
+        self.inferrer = None if self.child_mode else Inferrer(self.state)
         if not self.child_mode or not worker:  # this process routes or sends: it needs the rules
-            self.router = Router(initial_rules(settings), self.inferrer.uncommitted, MediaFetcher.from_settings(settings))
+            router_state = self.inferrer.uncommitted if self.inferrer is not None else self.state
+            self.router = Router(initial_rules(settings), router_state, MediaFetcher.from_settings(settings))
             local = settings
             if self.child_mode and settings.storage_backend == "redis":  # the child has data_dir's spool
                 local = dataclasses.replace(settings, data_dir=Path(settings.data_dir) / "sender")
@@ -86,7 +88,7 @@ class Services:
             self.pipeline_process = PipelineProcess(settings.config_path, annotate=on_result is not None,
                                                     on_result=on_result, wake=self.sender.wake)
         else:
-            assert self.router is not None and self.outbox is not None
+            assert self.router is not None and self.outbox is not None and self.inferrer is not None
             notes = on_result
 
             def summarized(result: Result) -> None:
