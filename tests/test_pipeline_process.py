@@ -34,6 +34,11 @@ def pipeline_pids(gw: GatewayProcess) -> list[int]:
     return [r["pid"] for r in gw.log_records() if r.get("event") == "pipeline.spawned"]
 
 
+def cpu_policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of a process (the outbox's and the journal's too)."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
 def message_bodies(receiver: Receiver) -> dict[str, set[bytes]]:
     out: dict[str, set[bytes]] = {}
     for r in receiver.requests:
@@ -69,6 +74,10 @@ async def test_pipeline_killed_mid_load_restarts_and_loses_nothing(tmp_path):
         assert texts == {f"msg {i}" for i in range(n)}
         pids = pipeline_pids(gw)
         assert len(pids) == 2 and pids[0] == first
+        # Both children, the restarted one included, take only the CPU the proxy leaves idle.
+        workers = [r["pid"] for r in gw.log_records() if r.get("event") == "deliver_worker.spawned"]
+        assert cpu_policies(pids[1]) == cpu_policies(workers[-1]) == {os.SCHED_IDLE}
+        assert cpu_policies(gw.proc.pid) == {os.SCHED_OTHER}
         assert any(r.get("event", "").startswith("pipeline.died") for r in gw.log_records())
         m = parse_metrics(await gw.metrics())
         assert metric_sum(m, "whazing_gateway_pipeline_restarts_total") == 1
