@@ -348,6 +348,47 @@ def test_mitmproxy_connection_chatter_only_at_debug():
         _reset()
 
 
+def _masked_client_frame(text: str, key: bytes = b"\x1f\x8b\x3c\x55") -> bytes:
+    """What a browser sends: a text frame masked with `key` (RFC 6455), here under 126 bytes."""
+    payload = text.encode()
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def test_proxy_debug_raw_bytes_are_elided_not_logged():
+    """`proxy_debug` prints each connection's raw bytes; a browser's socket.io CONNECT is in them
+    masked (XORed with a key printed beside it), which the text patterns cannot see."""
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.test import tflow
+
+    connect = '40{"token":"%s"}' % JWT[:90]
+    frame = _masked_client_frame(connect)
+    assert b"eyJ" not in frame  # masked: no text pattern could find it
+    buf = io.StringIO()
+    server_log = logging.getLogger("mitmproxy.proxy.server")
+    try:
+        configure_logging(stream=buf, level="debug")
+        received = repr(events.DataReceived(tflow.tclient_conn(), frame))
+        sent = repr(commands.SendData(tflow.tserver_conn(), b"GET /tickets HTTP/1.1\r\n\r\n"))
+        assert "\\x1f\\x8b" in received  # the masking key is in mitmproxy's text, beside the bytes
+        server_log.debug(f"    >> {received}")
+        server_log.debug(f"      << {sent}")
+        server_log.debug("      << SendData(server, b'GET /tickets HTTP/1.1\\r\\nHost: x\u2026")  # cut at 2048
+        server_log.debug("  >> Start(time=1.0)")
+        events_ = [r["event"] for r in lines(buf, "mitmproxy.proxy.server")]
+        assert events_ == [
+            f"    >> DataReceived(client, <{len(frame)} bytes elided>)",
+            "      << SendData(server, <25 bytes elided>)",
+            "      << SendData(server, <bytes elided>",
+            "  >> Start(time=1.0)",
+        ]
+        # Our own records and other loggers' are untouched.
+        logging.getLogger("t.other").warning("DataReceived(client, b'x')")
+        assert lines(buf)[-1]["event"] == "DataReceived(client, b'x')"
+    finally:
+        _reset()
+
+
 def test_stderr_is_looked_up_per_line(monkeypatch):
     """A command run in-process configures logging on sys.stderr; when that stream is swapped
     (and closed) later, lines follow the current sys.stderr instead of failing."""

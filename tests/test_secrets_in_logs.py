@@ -1,7 +1,7 @@
 """No secret reaches the gateway's log: a full scenario through a real gateway at log level
-debug with mitmproxy's `proxy_debug` on (every byte of every connection is logged: the most an
-operator chasing a problem would ever turn on), with the observer logging in, a browser's socket.io CONNECT
-carrying its JWT, agents' bearer tokens, the external API token, a target's API key and
+debug with mitmproxy's `proxy_debug` on (every event of every connection is logged, with the
+size of its bytes: the most an operator chasing a problem would ever turn on), with the
+observer logging in, a browser's socket.io CONNECT carrying its JWT, agents' bearer tokens, the external API token, a target's API key and
 signing secret and the flow viewer's password, then the whole log output is searched for each.
 """
 
@@ -75,7 +75,10 @@ async def test_full_scenario_at_debug_level_logs_no_secret(tmp_path):
     records = gw.log_records()
     # The log really holds the day, at debug level: the test searches something substantial.
     assert any(r.get("level") == "debug" for r in records)
-    assert "DataReceived" in log and "/auth/login/" in log and "Authorization" in log  # raw traffic
+    # proxy_debug's lines are there, each connection's bytes only counted (in a masked websocket
+    # frame a JWT would hide from every pattern).
+    assert len(re.findall(r"DataReceived\(client, <\d+ bytes elided>\)", log)) > 50
+    assert not re.search(r"(?:DataReceived|SendData)\(\w+, b['\"]", log)
     assert log.count("***") > 20  # and the redaction had work to do
     assert "observer connected" in log and "gateway started" in log
     assert sum(1 for r in records if r.get("event") == "event") >= 33 or log.count("msg_") >= 33
@@ -92,8 +95,7 @@ async def test_full_scenario_at_debug_level_logs_no_secret(tmp_path):
     ] if secret in log]
     assert not leaks, leaks
     # No JWT at all, including the observer's own, which the test never sees. A JWT starts with
-    # "eyJ" and a long base64url run ("eyJhbGciOi..."); the three bytes alone also turn up by
-    # chance in the escaped bytes of masked websocket frames that proxy_debug logs.
+    # "eyJ" and a long base64url run ("eyJhbGciOi..."); the three bytes alone could be anything.
     assert not re.search(r"eyJ[A-Za-z0-9_-]{10}", log), re.search(r".{40}eyJ[A-Za-z0-9_-]{10}.{20}", log)
     assert not re.search(r"whsec_(?!\*)", log)
     # Login bodies' passwords ("123456" is too common a substring to search for alone).

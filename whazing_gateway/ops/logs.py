@@ -277,6 +277,32 @@ def _add_client(logger: Any, method_name: str, event_dict: MutableMapping[str, A
     return event_dict
 
 
+# mitmproxy's `proxy_debug` lines carry the raw bytes of every connection (">> DataReceived(client,
+# b'...')", "<< SendData(server, b'...')"). A browser's websocket frames are masked there: its
+# socket.io CONNECT (and the JWT in it) shows as bytes XORed with a key printed beside them, which
+# no text pattern can see, yet anyone reading the log can undo. So the bytes are not logged, only
+# their size: the flow viewer shows the same traffic decoded.
+_RAW_BYTES = re.compile(r"(?P<k>\b(?:DataReceived|SendData)\(\w+, )(?P<v>b(?P<q>['\"]).*?)(?=\)?$)", re.M)
+
+
+def _raw_size(literal: str) -> str:
+    import ast
+
+    try:
+        return f"{len(ast.literal_eval(literal))} bytes"
+    except (ValueError, SyntaxError, TypeError, MemoryError):  # cut at mitmproxy's 2048 characters
+        return "bytes"
+
+
+def _elide_raw_bytes(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    record = event_dict.get("_record")
+    text = event_dict.get("event")
+    if (record is not None and record.name == "mitmproxy.proxy.server" and isinstance(text, str)
+            and ("DataReceived(" in text or "SendData(" in text)):
+        event_dict["event"] = _RAW_BYTES.sub(lambda m: f"{m.group('k')}<{_raw_size(m.group('v'))} elided>", text)
+    return event_dict
+
+
 _FIRST_KEYS = ("timestamp", "level", "logger", "event")
 
 
@@ -385,7 +411,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | 
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[_add_client, *shared],
+        foreign_pre_chain=[_add_client, _elide_raw_bytes, *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *([] if use_console else [_order_keys]),
