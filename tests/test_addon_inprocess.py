@@ -317,3 +317,43 @@ def test_the_module_names_the_thin_file_mitmdump_loads():
     text = (root / "addons" / "gateway.py").read_text()
     assert "from whazing_gateway.edge.addon import Gateway" in text and "addons = [Gateway()]" in text
     assert edge.Gateway is Gateway
+
+
+async def test_websocket_messages_are_buffered_at_most_websocket_max_message(running):
+    """mitmproxy makes each side of a websocket from its layer's WebsocketConnection and buffers
+    a message until FIN: after `running` that class ends a message growing past the limit with a
+    close 1009 (and nothing of it after), while whole messages below it pass as before."""
+    import wsproto
+    import wsproto.events
+    from mitmproxy.proxy.layers import websocket as ws_layer
+    from mitmproxy.test import tflow
+
+    from whazing_gateway.edge import ws_limits
+
+    gw, _ = await running()
+    cls = ws_layer.WebsocketConnection
+    assert gw.settings is not None and cls.max_message == gw.settings.websocket_max_message
+    original = cls._unbounded
+    try:
+        ws_limits.install(10_000)  # again, as a reload would: the original is bounded, not the bounded one
+        cls = ws_layer.WebsocketConnection
+        assert cls._unbounded is original and cls.max_message == 10_000
+
+        def masked(first: int, payload: bytes) -> bytes:
+            key = b"\x01\x02\x03\x04"
+            return bytes([first, 0x80 | 126]) + len(payload).to_bytes(2, "big") + key + \
+                bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+        side = cls(wsproto.ConnectionType.SERVER, [], conn=tflow.tclient_conn())
+        side.receive_data(masked(0x81, b"a" * 6000) + masked(0x81, b"b" * 6000))  # two whole messages
+        got = list(side.events())
+        assert [(type(e), len(e.data), e.message_finished) for e in got] == [
+            (wsproto.events.TextMessage, 6000, True), (wsproto.events.TextMessage, 6000, True)]
+        side.receive_data(masked(0x01, b"c" * 6000) + masked(0x00, b"c" * 6000) + masked(0x80, b"c" * 10))
+        got = list(side.events())  # 12,000 buffered without FIN: refused before the second part
+        assert [type(e) for e in got] == [wsproto.events.TextMessage, wsproto.events.CloseConnection]
+        assert got[1].code == 1009
+        side.receive_data(masked(0x81, b"d" * 10))
+        assert list(side.events()) == []  # the layer is closing this socket
+    finally:
+        ws_limits.install(gw.settings.websocket_max_message)

@@ -490,3 +490,71 @@ async def test_a_permessage_deflate_bomb_closes_only_its_websocket(tmp_path):
         await gw.stop()
         await runner.cleanup()
     assert "Traceback" not in gw.log()
+
+
+@pytest.mark.slow
+async def test_an_endless_uncompressed_message_closes_only_its_websocket(tmp_path):
+    """Point 7, uncompressed: a client streams one text message as fragments without FIN.
+    mitmproxy buffers a whole message before its hook, so without a bound the proxy would hold
+    all it is sent; past `proxy.websocket_max_message` that socket is closed with 1009, the
+    proxy's memory stays flat, a normal 300 KB message on another socket goes both ways intact,
+    and the refusal is counted."""
+    import asyncio
+    import base64
+
+    import aiohttp
+
+    from tests.echo_upstream import start_echo
+    from tests.harness import GatewayProcess, rules_yaml
+
+    runner, upstream = await start_echo()
+    gw = GatewayProcess(tmp_path, upstream, rules_yaml("http://127.0.0.1:9/unused"),
+                        settings="proxy: {websocket_max_message: 1m}\n")
+    await gw.start()
+    session = aiohttp.ClientSession()
+    try:
+        ws_url = gw.url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        normal = await session.ws_connect(ws_url, max_msg_size=0)
+        text = "42[\"1:ticketList\"," + json.dumps({"padding": "x" * 300_000, "n": 1}) + "]"
+        await normal.send_str(text)  # under the bound: through, both ways
+        assert (await asyncio.wait_for(normal.receive(), 30)).data == text
+        before = _rss_kib(gw.proc.pid)["VmRSS"]
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        fragment = b"a" * (64 << 10)
+        sent = 0
+        try:
+            writer.write(_masked_frame(0x01, fragment))  # text, no FIN
+            sent += len(fragment)
+            while sent < 256 << 20 and not reader.at_eof():
+                writer.write(_masked_frame(0x00, fragment))  # continuation, no FIN
+                sent += len(fragment)
+                await asyncio.wait_for(writer.drain(), 5)
+        except asyncio.TimeoutError:
+            pass  # the proxy stopped reading this socket after its close frame: what we want
+        except (ConnectionError, OSError):
+            pass  # or closed it while we were still sending
+        answer = await asyncio.wait_for(reader.read(64), 30)
+        assert answer[:1] == b"\x88" and answer[2:4] == (1009).to_bytes(2, "big"), (answer, sent)
+        assert sent < 128 << 20, sent  # it was closed long before the client gave up
+        writer.close()
+
+        await normal.send_str(text)
+        assert (await asyncio.wait_for(normal.receive(), 30)).data == text
+        async with session.get(gw.url + "/tickets/1") as r:
+            assert r.status == 200
+        after = _rss_kib(gw.proc.pid)
+        assert after["VmHWM"] - before < 64 * 1024, (before, after, sent)
+        assert _metric(await gw.metrics(), "whazing_gateway_bad_input_total", kind="ws_message") == 1
+        await normal.close()
+    finally:
+        await session.close()
+        await gw.stop()
+        await runner.cleanup()
+    assert "Traceback" not in gw.log()

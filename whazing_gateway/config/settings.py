@@ -105,8 +105,9 @@ class Settings:
     inspect_max_bytes: Size = setting("proxy.inspect_max_bytes", 1_048_576,
                                       "JSON bodies above this size are passed through without inspection.")
     websocket_max_message: Size = setting("proxy.websocket_max_message", 16 << 20,
-                                          "A compressed (permessage-deflate) websocket message may inflate to at most "
-                                          "this in the proxy; past it that websocket is closed with 1009 (too big).")
+                                          "A websocket message may grow (inflated, in the fragments mitmproxy buffers "
+                                          "until the last) to at most this in the proxy; past it that websocket is "
+                                          "closed with 1009 (too big).")
     max_flows: NonNegativeInt = setting("proxy.max_flows", 2000, "Flows kept in memory for the flow viewer.")
     pipeline: Worker = setting("proxy.pipeline", "process",
                                "process: decode, inference, routing and outbox writes run in a child process fed "

@@ -10,14 +10,21 @@ websocket starts, so replacing that class with a subclass that inflates at most
 `max_message` bytes per message bounds it for every connection. A message past the bound
 closes that websocket with 1009 (message too big), which is what the peer would get from any
 server with a message size limit (socket.io's own default, `maxHttpBufferSize`, is 1 MB).
-Messages sent uncompressed are not amplified: they cost what the peer really sends.
+
+Uncompressed messages are not amplified, but mitmproxy buffers each whole message before its
+hook runs, so one client streaming an endless message (fragments without FIN) would grow the
+proxy's memory as long as it sends. The same bound applies to them: mitmproxy makes each side
+of a websocket from `mitmproxy.proxy.layers.websocket.WebsocketConnection`, and a subclass
+closes the socket (1009) once a message's buffered part passes `max_message`.
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import structlog
+import wsproto.events
 import wsproto.extensions
 from wsproto.frame_protocol import CloseReason
 
@@ -64,24 +71,75 @@ class BoundedDeflate(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _refuse(self) -> CloseReason:
         cls = type(self)
         cls.refused += 1
-        metrics.BAD_INPUT.labels("ws_inflate").inc()
-        if cls.refused == 1 or cls.refused % 1000 == 0:
-            log.warning("websocket message inflates past proxy.websocket_max_message: connection closed (1009)",
-                        max_message=cls.max_message, refused_total=cls.refused)
+        _refused("ws_inflate", "inflates", cls.max_message, cls.refused)
         self._inflated = 0
         return CloseReason.MESSAGE_TOO_BIG
 
 
-def install(max_message: int) -> bool:
-    """Make every websocket mitmproxy starts from now on use the bounded extension.
+def _refused(kind: str, what: str, max_message: int, count: int) -> None:
+    metrics.BAD_INPUT.labels(kind).inc()
+    if count == 1 or count % 1000 == 0:
+        log.warning(f"websocket message {what} past proxy.websocket_max_message: connection closed (1009)",
+                    max_message=max_message, refused_total=count)
 
-    False (and a warning) if this wsproto does not look like the one the subclass was written
-    for: compression then works unbounded, as in plain mitmproxy, rather than breaking."""
+
+def bounded_connection(base: type, max_message: int) -> Any:
+    """A subclass of mitmproxy's WebsocketConnection (a wsproto Connection that mitmproxy's
+    layer buffers messages for) that ends a message growing past `max_message` with a close
+    1009, the way wsproto reports a frame it cannot accept."""
+
+    class BoundedWebsocketConnection(base):  # type: ignore[misc,valid-type]
+        refused = 0
+        _unbounded = base
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._buffered = 0  # characters (text) or bytes of the message so far
+            self._closed_by_limit = False
+
+        def events(self):
+            if self._closed_by_limit:  # the layer is closing this socket: nothing more of it
+                return
+            for event in super().events():
+                if isinstance(event, wsproto.events.Message):
+                    if event.message_finished:
+                        self._buffered = 0
+                    else:
+                        self._buffered += len(event.data)
+                        if self._buffered > self.max_message:
+                            self._closed_by_limit = True
+                            cls = type(self)
+                            cls.refused += 1
+                            _refused("ws_message", "grows", self.max_message, cls.refused)
+                            yield wsproto.events.CloseConnection(code=CloseReason.MESSAGE_TOO_BIG,
+                                                                 reason="message too big")
+                            return
+                yield event
+
+    BoundedWebsocketConnection.max_message = max_message
+    return BoundedWebsocketConnection
+
+
+def install(max_message: int) -> bool:
+    """Make every websocket mitmproxy starts from now on use the bounds (inflating and
+    buffering). False (and a warning) for a part whose mitmproxy or wsproto does not look like
+    the one it was written for: that part then works unbounded, as in plain mitmproxy, rather
+    than breaking."""
+    from mitmproxy.proxy.layers import websocket as ws_layer
+
+    installed = True
     probe = _ORIGINAL()
     missing = [name for name in _NEEDED if not hasattr(probe, name)]
     if missing:
         log.warning("websocket inflate limit not installed: unexpected wsproto", missing=missing)
+        installed = False
+    else:
+        BoundedDeflate.max_message = max_message
+        wsproto.extensions.PerMessageDeflate = BoundedDeflate  # type: ignore[misc]
+    base = getattr(ws_layer, "WebsocketConnection", None)
+    base = getattr(base, "_unbounded", base)  # installed before (a reload): bound the original again
+    if not (isinstance(base, type) and issubclass(base, wsproto.Connection)):
+        log.warning("websocket message limit not installed: unexpected mitmproxy", found=repr(base))
         return False
-    BoundedDeflate.max_message = max_message
-    wsproto.extensions.PerMessageDeflate = BoundedDeflate  # type: ignore[misc]
-    return True
+    ws_layer.WebsocketConnection = bounded_connection(base, max_message)  # type: ignore[misc]
+    return installed
