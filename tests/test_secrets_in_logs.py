@@ -1,8 +1,9 @@
 """No secret reaches the gateway's log: a full scenario through a real gateway at log level
 debug with mitmproxy's `proxy_debug` on (every event of every connection is logged, with the
 size of its bytes: the most an operator chasing a problem would ever turn on), with the
-observer logging in, a browser's socket.io CONNECT carrying its JWT, agents' bearer tokens, the external API token, a target's API key and
-signing secret and the flow viewer's password, then the whole log output is searched for each.
+observer logging in, a browser's socket.io CONNECT carrying its JWT, agents' bearer tokens,
+the external API token, a target's API key and signing secret and the flow viewer's password,
+then the whole log output is searched for each.
 """
 
 from __future__ import annotations
