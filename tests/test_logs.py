@@ -569,3 +569,27 @@ def test_the_working_folder_is_never_locked_down(tmp_path, monkeypatch):
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "spool.db").stat().st_mode) == 0o600
     assert any(c["event"].startswith("data folder readable by others: left as it is") for c in captured)
+
+
+def test_hot_logger_writes_the_same_line_the_short_way(out):
+    """The pipeline's per-event line skips the stdlib's LogRecord and formatter, never what
+    the line says: same keys in the same order, same values, secrets masked, level honoured,
+    and structlog's own test capture (or a console) still sees it."""
+    fields = dict(event_id="evt_1", type="message.received", ticket_id=7, tenant_id=1,
+                  changes="status pending->open", flow_id="f-1", token=JWT)
+    structlog.get_logger("t.hot").info("event", **fields)
+    hot = logs.hot_logger("t.hot")
+    assert type(hot._logger).__name__ == "_HandlerLines"  # really the short way
+    hot.info("event", **fields)
+    hot.debug("below the level", **fields)
+    std, fast = lines(out)
+    assert list(std) == list(fast) and list(fast)[:4] == ["timestamp", "level", "logger", "event"]
+    assert {k: v for k, v in std.items() if k != "timestamp"} == {k: v for k, v in fast.items() if k != "timestamp"}
+    assert fast["token"] == MASK and JWT not in out.getvalue()
+    with structlog.testing.capture_logs() as captured:
+        logs.hot_logger("t.hot").info("event", event_id="evt_2")
+    assert [c["event_id"] for c in captured] == ["evt_2"] and "evt_2" not in out.getvalue()
+    console = io.StringIO()
+    configure_logging(fmt="console", stream=console)
+    logs.hot_logger("t.hot").info("event", event_id="evt_3")
+    assert "evt_3" in console.getvalue() and not console.getvalue().lstrip().startswith("{")

@@ -30,6 +30,7 @@ from whazing_gateway.edge.records import HttpExchange, HttpRequestSeen, Record, 
 from whazing_gateway.infer.inferrer import Inferrer
 from whazing_gateway.model import Delivery, Event
 from whazing_gateway.ops import metrics
+from whazing_gateway.ops.logs import hot_logger
 
 log = structlog.get_logger(__name__)
 
@@ -376,13 +377,14 @@ class Pipeline:
             self.errors.error("state", "state store write failed (events accepted all the same)",
                               error=repr(exc))
             first = [True] * len(events)
+        event_log = hot_logger(__name__)  # one line per event: the short way to the log
         for event, new in zip(events, first):
             if not new:  # another replica inferred it at the same moment: one delivery all the same
                 metrics.EVENTS_DUPLICATE.inc()
                 continue
             metrics.EVENTS.labels(event.type).inc()
-            log.info("event", event_id=event.id, type=event.type, ticket_id=event.ticket_id,
-                     tenant_id=event.tenant_id, changes=_changes_text(event), flow_id=event.flow_id)
+            event_log.info("event", event_id=event.id, type=event.type, ticket_id=event.ticket_id,
+                           tenant_id=event.tenant_id, changes=_changes_text(event), flow_id=event.flow_id)
 
 
 def _changes_text(event: Event) -> str:
