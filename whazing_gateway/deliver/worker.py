@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 import sys
 
 import structlog
 
 from whazing_gateway.deliver.kinds import OutcomeHook
+from whazing_gateway.ops.children import ChildProcess, child_start
 
 log = structlog.get_logger(__name__)
 
@@ -128,60 +128,32 @@ async def serve(settings) -> int:
 # ---- the parent's side -------------------------------------------------------------------------
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """Starts the worker, keeps it running (restarts it with backoff), mirrors what it reports.
 
     `wake()` is called from the pipeline for every accepted event: it coalesces hints into at
     most one pipe write per loop iteration, and never blocks or raises.
     """
 
-    def __init__(self, config_path, *, on_delivery: OutcomeHook | None = None) -> None:
-        self.config_path = str(config_path)
-        self.on_outcome = on_delivery
-        self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
-        self._task: asyncio.Task | None = None
-        self._hint_pending = False
-        self._stopping = False
+    module = "whazing_gateway.deliver.worker"
+    name = "deliver_worker"
+    died_hint = "accepted deliveries wait in the outbox"
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+    def __init__(self, config_path, *, on_delivery: OutcomeHook | None = None) -> None:
+        super().__init__(config_path)
+        self.on_outcome = on_delivery
+        self._hint_pending = False
 
     async def start(self) -> None:
         """Returns at once: the worker is spawned and supervised by a task."""
-        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="deliver-worker")
+        self.start_supervising()
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "whazing_gateway.deliver.worker", "--config", self.config_path,
-            "--parent-pid", str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        return self.proc
+    def spawned(self) -> None:
+        self.wake()  # whatever was accepted while no worker ran
 
-    async def _supervise(self) -> None:
-        from whazing_gateway.ops import metrics
-
-        backoff = 1.0
-        while not self._stopping:
-            proc = await self._spawn()
-            log.info("deliver_worker.spawned", pid=proc.pid)
-            self.wake()  # whatever was accepted while no worker ran
-            assert proc.stdout is not None  # spawned with stdout=PIPE
-            async for line in proc.stdout:
-                self._mirror(line, metrics)
-                backoff = 1.0
-            code = await proc.wait()
-            if self._stopping:
-                return
-            self.restarts += 1
-            log.error("deliver_worker.died: restarting; accepted deliveries wait in the outbox",
-                      returncode=code, retry_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
-
-    def _mirror(self, line: bytes, metrics) -> None:
+    def report(self, line: bytes) -> None:
         from whazing_gateway.deliver.sender import count_attempt, publish_target_health
+        from whazing_gateway.ops import metrics
 
         try:
             rec = json.loads(line)
@@ -212,27 +184,12 @@ class WorkerProcess:
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the supervisor restarts it; the outbox keeps the work
 
-    async def stop(self, timeout_s: float = 15.0) -> None:
+    async def stop(self, timeout_s: float = 15.0, reports_s: float = 0.0) -> None:
         """Close its stdin (it finishes what is in flight and stops), then wait; kill if stuck."""
-        self._stopping = True
-        proc = self.proc
-        if proc is not None and proc.returncode is None and proc.stdin is not None:
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await super().stop(timeout_s, reports_s)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from whazing_gateway.ops.children import child_start
 
     started = child_start("python -m whazing_gateway.deliver.worker", (__doc__ or "").splitlines()[0], argv)
     if isinstance(started, int):

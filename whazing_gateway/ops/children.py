@@ -1,4 +1,5 @@
-"""What every child process of the gateway (pipeline process, delivery worker) does first.
+"""The gateway's child processes (pipeline process, delivery worker): what each does first, and
+how the proxy's process keeps them running.
 
 Both are spawned by the proxy's process with `--parent-pid`: they must not outlive it (kill -9
 included), and they must never take the CPU from the proxy when both want it.
@@ -7,6 +8,7 @@ included), and they must never take the CPU from the proxy when both want it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -78,3 +80,91 @@ def child_start(prog: str, description: str, argv: list[str] | None,
 
         structlog.get_logger(prog).debug("child process", pid=os.getpid(), cpu_priority=priority)
     return args, settings
+
+
+class ChildProcess:
+    """The proxy's side of one child: spawn it, read its report lines, restart it with backoff
+    when it dies, stop it by closing its stdin (it finishes and exits) or kill it if stuck.
+
+    Subclasses say which module runs, what a report line means and what to do on each spawn
+    and death; this class holds the life cycle both children share."""
+
+    module = ""  # run as `python -m <module>`
+    name = ""  # in the log lines: <name>.spawned, <name>.died
+    died_hint = ""  # what waits while it is down, for the died line
+    stdout_limit = 64 << 10  # asyncio's default line limit
+
+    def __init__(self, config_path, args: tuple[str, ...] = ()) -> None:
+        self.config_path = str(config_path)
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def start_supervising(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name=self.name)
+
+    async def _supervise(self) -> None:
+        import structlog
+
+        log = structlog.get_logger(self.module)
+        backoff = 1.0
+        while not self._stopping:
+            self.proc = proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", self.module, "--config", self.config_path, "--parent-pid", str(os.getpid()),
+                *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=self.stdout_limit)
+            log.info(f"{self.name}.spawned", pid=proc.pid)
+            self.spawned()
+            assert proc.stdout is not None  # spawned with stdout=PIPE
+            async for line in proc.stdout:
+                self.report(line)
+                backoff = 1.0
+            code = await proc.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            self.died()
+            log.error(f"{self.name}.died: restarting; {self.died_hint}", returncode=code, retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def spawned(self) -> None:
+        """A new process runs (its counters start from zero)."""
+
+    def report(self, line: bytes) -> None:
+        """One line the child wrote on its stdout."""
+
+    def died(self) -> None:
+        """The process exited while it should run."""
+
+    async def stop(self, timeout_s: float, reports_s: float = 0.0) -> None:
+        """Close its stdin (it finishes what it holds and exits); kill it if stuck past
+        `timeout_s`. Then read its last reports for up to `reports_s`."""
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        task = self._task
+        if task is None:
+            return
+        if reports_s > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), reports_s)
+                return
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                pass
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass

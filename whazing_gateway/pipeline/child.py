@@ -34,6 +34,7 @@ from pathlib import Path
 import structlog
 
 from whazing_gateway.ops import metrics
+from whazing_gateway.ops.children import ChildProcess, child_start
 
 log = structlog.get_logger(__name__)
 
@@ -316,26 +317,22 @@ async def serve(settings, annotate: bool) -> int:
 # ---- the parent's side -------------------------------------------------------------------------
 
 
-class PipelineProcess:
+class PipelineProcess(ChildProcess):
     """Starts the pipeline process, restarts it with backoff, mirrors what it reports."""
 
+    module = "whazing_gateway.pipeline.child"
+    name = "pipeline"
+    died_hint = "records wait in the journal"
+    stdout_limit = 16 << 20  # a report line carries a record's annotations
+
     def __init__(self, config_path, *, annotate: bool = False, on_result=None, wake=None) -> None:
-        self.config_path = str(config_path)
-        self.annotate = annotate
+        super().__init__(config_path, ("--annotate",) if annotate else ())
         self.on_result = on_result
         self.wake = wake
-        self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
         # not ready until the process has started and opened the outbox (its first report)
         self.outbox_ok: tuple[bool, str] = (False, "pipeline process starting")
         self.reported = False  # the current process has loaded its state and reported once
         self.mirror = metrics.Mirror()
-        self._task: asyncio.Task | None = None
-        self._stopping = False
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
 
     def health(self) -> tuple[bool, str]:
         if not self.alive:
@@ -343,38 +340,17 @@ class PipelineProcess:
         return self.outbox_ok
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pipeline-process")
+        self.start_supervising()
 
-    async def _spawn(self) -> None:
-        args = [sys.executable, "-m", "whazing_gateway.pipeline.child", "--config", self.config_path,
-                "--parent-pid", str(os.getpid())]
-        if self.annotate:
-            args.append("--annotate")
-        self.proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=16 << 20)
+    def spawned(self) -> None:
+        self.mirror.reset()  # a new process counts from zero
+        self.outbox_ok = (False, "pipeline process starting")
+        self.reported = False
 
-    async def _supervise(self) -> None:
-        backoff = 1.0
-        while not self._stopping:
-            await self._spawn()
-            assert self.proc is not None and self.proc.stdout is not None
-            self.mirror.reset()  # a new process counts from zero
-            self.outbox_ok = (False, "pipeline process starting")
-            self.reported = False
-            log.info("pipeline.spawned", pid=self.proc.pid)
-            async for line in self.proc.stdout:
-                self._handle(line)
-                backoff = 1.0
-            code = await self.proc.wait()
-            if self._stopping:
-                return
-            self.restarts += 1
-            metrics.PIPELINE_RESTARTS.inc()
-            log.error("pipeline.died: restarting; records wait in the journal", returncode=code, retry_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+    def died(self) -> None:
+        metrics.PIPELINE_RESTARTS.inc()
 
-    def _handle(self, line: bytes) -> None:
+    def report(self, line: bytes) -> None:
         try:
             rec = json.loads(line)
             if "w" in rec:
@@ -391,25 +367,13 @@ class PipelineProcess:
         except Exception as exc:  # a garbled line must not stop the mirror
             log.warning("pipeline.bad_report", error=repr(exc), line=line[:200])
 
-    async def stop(self, timeout_s: float = DRAIN_TIMEOUT_S + 5.0) -> None:
-        """Close its stdin (it reads what the journal holds, then stops); kill it if stuck."""
-        self._stopping = True
-        if self.alive and self.proc is not None and self.proc.stdin is not None:
-            self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 2.0)  # the last reports (final metrics)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                self._task.cancel()
+    async def stop(self, timeout_s: float = DRAIN_TIMEOUT_S + 5.0, reports_s: float = 2.0) -> None:
+        """Close its stdin (it reads what the journal holds, then stops); kill it if stuck; then
+        read its last reports (the final metrics)."""
+        await super().stop(timeout_s, reports_s)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from whazing_gateway.ops.children import child_start
 
     started = child_start("python -m whazing_gateway.pipeline.child", (__doc__ or "").splitlines()[0], argv,
                           flags=(("--annotate", "report results for the flow viewer"),))
