@@ -513,10 +513,19 @@ async def test_an_oversized_websocket_message_closes_only_its_websocket(tmp_path
         reader, writer, head = await _raw_websocket(
             gw.port, "Sec-WebSocket-Extensions: permessage-deflate\r\n" if compressed else "")
         assert (b"permessage-deflate" in head.lower()) == compressed, head
+        answering = asyncio.create_task(reader.read(64))  # read while sending
         sent = await (_send_bomb if compressed else _send_endless_message)(reader, writer)
-        answer = await asyncio.wait_for(reader.read(64), 30)
-        assert answer[:1] == b"\x88" and answer[2:4] == (1009).to_bytes(2, "big"), (answer, sent)
+        try:
+            answer = await asyncio.wait_for(answering, 30)
+        except ConnectionResetError:
+            # mitmproxy 11 closes the socket right after its close frame; with the client's
+            # unread fragments on its side that close is a reset, which can overtake the frame.
+            assert not compressed
+            answer = None
+        if answer is not None:
+            assert answer[:1] == b"\x88" and answer[2:4] == (1009).to_bytes(2, "big"), (answer, sent)
         assert sent < 128 << 20, sent  # closed long before the client gave up
+        assert "connection closed (1009)" in gw.log()
         writer.close()
 
         # the other socket and plain HTTP go on as before
