@@ -357,3 +357,22 @@ async def test_websocket_messages_are_buffered_at_most_websocket_max_message(run
         assert list(side.events()) == []  # the layer is closing this socket
     finally:
         ws_limits.install(gw.settings.websocket_max_message)
+
+
+def test_kept_headers_read_in_one_pass_say_what_headers_get_says():
+    """The hooks copy three headers in one pass over the raw fields: the same values mitmproxy's
+    `Headers.get` gives (any case, repeats joined with ", ", bytes that are not UTF-8 kept)."""
+    from mitmproxy.http import Headers
+
+    from whazing_gateway.edge.records import _KEPT_HEADERS, _headers
+
+    cases = [
+        Headers(),
+        Headers([(b"Host", b"x"), (b"Content-Type", b"application/json"), (b"X-A", b"1")]),
+        Headers([(b"AUTHORIZATION", b"Bearer a.b.c"), (b"content-encoding", b"gzip"),
+                 (b"Content-Encoding", b"br"), (b"content-type", b"text/plain; charset=\xff\xfe")]),
+    ]
+    for h in cases:
+        assert _headers(h) == {n: h.get(n) for n in _KEPT_HEADERS if h.get(n) is not None}
+    assert _headers(cases[2])["content-encoding"] == "gzip, br"
+    assert _headers({"authorization": "Bearer x", "cookie": "c=1"}) == {"authorization": "Bearer x"}

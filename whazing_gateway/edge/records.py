@@ -57,12 +57,22 @@ class WsFrame:
 Record = HttpRequestSeen | HttpExchange | WsFrame
 
 
+_KEPT_RAW = frozenset(name.encode() for name in _KEPT_HEADERS)
+
+
 def _headers(h) -> dict[str, str]:
-    out = {}
-    for name in _KEPT_HEADERS:
-        value = h.get(name)
-        if value is not None:
-            out[name] = value
+    """The kept headers, as `h.get(name)` gives them (repeats joined with ", "), in one pass
+    over the raw fields: mitmproxy's `get` scans every field again for each name asked."""
+    fields = getattr(h, "fields", None)
+    if fields is None:  # not mitmproxy's Headers
+        return {name: h[name] for name in _KEPT_HEADERS if name in h}
+    out: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.lower()
+        if name in _KEPT_RAW:
+            key = name.decode()
+            value = raw_value.decode("utf-8", "surrogateescape")
+            out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 
 
