@@ -21,8 +21,8 @@ def lower_cpu_priority() -> str:
     """The proxy's traffic first: the children take CPU the proxy leaves idle.
 
     SCHED_IDLE (Linux) rather than nice 10: an idle-class task gives way as soon as the proxy
-    wakes for a frame (ws-worst on 2 cores, back to back: 0.70x of plain mitmdump at nice 10,
-    0.80x idle). It still gets a small share, so a machine that stays busy slows the children
+    wakes for a frame (ws-worst on 2 cores, back to back: 0.73x of plain mitmdump at nice 10,
+    0.81x idle). It still gets a small share, so a machine that stays busy slows the children
     without stopping them (records wait in the journal). Threads started afterwards inherit it.
     Returns what was set, for the log."""
     try:
