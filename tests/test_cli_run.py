@@ -67,8 +67,12 @@ async def test_run_logs_its_own_shutdown(tmp_path):
         gw = GatewayProcess(tmp_path, up, rules_yaml(rx.url()),
                             settings="observer: {enabled: false}\n")
         await gw.start()
+        await wait_until(lambda: events(gw, "pipeline.started"), 20, what="the pipeline process")
         code = await gw.stop(signal.SIGTERM)
         assert code == 0, gw.log()
+        # The pipeline process stopped once it had read the journal to the end, not when its
+        # drain timeout (10 s, docker stop's whole grace period) ran out.
+        assert [r["ended"] for r in events(gw, "pipeline.stopped")] == ["drained"]
         names = [r.get("event") for r in gw.log_records()]
         assert "gateway stopping" in names and "gateway stopped" in names
         assert names.index("gateway stopping") < names.index("gateway stopped")

@@ -290,12 +290,15 @@ async def serve(settings, annotate: bool) -> int:
     stop_task = asyncio.create_task(stop_now.wait())
     drain_task = asyncio.create_task(drain.wait())
     await asyncio.wait([stop_task, drain_task, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
-    if drain.is_set() and not stop_now.is_set() and not tasks[0].done():
+    ended = "stop signal" if stop_now.is_set() else "consumer ended" if tasks[0].done() else "drained"
+    if ended == "drained":
         # the parent wrote its last records before closing the pipe: read them, then stop
         await asyncio.sleep(0.05)
         caught = asyncio.create_task(consumer.caught_up.wait())
         consumer.caught_up.clear()
-        await asyncio.wait([caught, stop_task], timeout=DRAIN_TIMEOUT_S)
+        await asyncio.wait([caught, stop_task], timeout=DRAIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if not caught.done():
+            ended = "stop signal" if stop_now.is_set() else f"drain timed out after {DRAIN_TIMEOUT_S:g} s"
         caught.cancel()
     pipeline.stopping = True
     for t in (*tasks, stdin_task, stop_task, drain_task):
@@ -310,7 +313,7 @@ async def serve(settings, annotate: bool) -> int:
         pass
     await outbox.close()
     os.close(lock)
-    log.info("pipeline.stopped", pid=os.getpid())
+    log.info("pipeline.stopped", pid=os.getpid(), ended=ended)
     return 0
 
 
