@@ -184,13 +184,8 @@ class WorkerProcess(ChildProcess):
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             pass  # the supervisor restarts it; the outbox keeps the work
 
-    async def stop(self, timeout_s: float = 15.0, reports_s: float = 0.0) -> None:
-        """Close its stdin (it finishes what is in flight and stops), then wait; kill if stuck."""
-        await super().stop(timeout_s, reports_s)
-
 
 def main(argv: list[str] | None = None) -> int:
-
     started = child_start("python -m whazing_gateway.deliver.worker", (__doc__ or "").splitlines()[0], argv)
     if isinstance(started, int):
         return started

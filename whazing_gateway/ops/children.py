@@ -14,6 +14,8 @@ import signal
 import sys
 from typing import Any
 
+import structlog
+
 NICE = 10  # where SCHED_IDLE is refused: still below the proxy
 
 
@@ -76,8 +78,6 @@ def child_start(prog: str, description: str, argv: list[str] | None,
         return 1
     configure_logging(settings.log_format, settings.log_level, stream=sys.stderr)
     if priority is not None:
-        import structlog
-
         structlog.get_logger(prog).debug("child process", pid=os.getpid(), cpu_priority=priority)
     return args, settings
 
@@ -93,6 +93,8 @@ class ChildProcess:
     name = ""  # in the log lines: <name>.spawned, <name>.died
     died_hint = ""  # what waits while it is down, for the died line
     stdout_limit = 64 << 10  # asyncio's default line limit
+    stop_timeout_s = 15.0  # after its stdin closes, until it is killed
+    reports_s = 0.0  # after it exits, how long its last report lines are read
 
     def __init__(self, config_path, args: tuple[str, ...] = ()) -> None:
         self.config_path = str(config_path)
@@ -110,8 +112,6 @@ class ChildProcess:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name=self.name)
 
     async def _supervise(self) -> None:
-        import structlog
-
         log = structlog.get_logger(self.module)
         backoff = 1.0
         while not self._stopping:
@@ -142,24 +142,24 @@ class ChildProcess:
     def died(self) -> None:
         """The process exited while it should run."""
 
-    async def stop(self, timeout_s: float, reports_s: float = 0.0) -> None:
+    async def stop(self) -> None:
         """Close its stdin (it finishes what it holds and exits); kill it if stuck past
-        `timeout_s`. Then read its last reports for up to `reports_s`."""
+        `stop_timeout_s`. Then read its last reports for up to `reports_s`."""
         self._stopping = True
         proc = self.proc
         if proc is not None and proc.returncode is None and proc.stdin is not None:
             proc.stdin.close()
             try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
+                await asyncio.wait_for(proc.wait(), self.stop_timeout_s)
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
         task = self._task
         if task is None:
             return
-        if reports_s > 0:
+        if self.reports_s > 0:
             try:
-                await asyncio.wait_for(asyncio.shield(task), reports_s)
+                await asyncio.wait_for(asyncio.shield(task), self.reports_s)
                 return
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 pass

@@ -402,7 +402,7 @@ def hot_logger(name: str) -> Any:
     """A logger for a line written per event on a hot path (the pipeline's `event` line).
 
     The same line as `structlog.get_logger(name)` writes, rendered by structlog alone: no
-    stdlib LogRecord and formatter on the way (59 -> ~17 us a line). On a console (or before
+    stdlib LogRecord and formatter on the way (about half the time a line). On a console (or before
     logging is configured) it is the ordinary logger. Ask for it per use, not at import: a
     later configure_logging replaces it."""
     processors = _fast.get("processors")

@@ -327,6 +327,8 @@ class PipelineProcess(ChildProcess):
     name = "pipeline"
     died_hint = "records wait in the journal"
     stdout_limit = 16 << 20  # a report line carries a record's annotations
+    stop_timeout_s = DRAIN_TIMEOUT_S + 5.0  # it reads what the journal holds first
+    reports_s = 2.0  # its last reports carry the final metrics
 
     def __init__(self, config_path, *, annotate: bool = False, on_result=None, wake=None) -> None:
         super().__init__(config_path, ("--annotate",) if annotate else ())
@@ -370,14 +372,8 @@ class PipelineProcess(ChildProcess):
         except Exception as exc:  # a garbled line must not stop the mirror
             log.warning("pipeline.bad_report", error=repr(exc), line=line[:200])
 
-    async def stop(self, timeout_s: float = DRAIN_TIMEOUT_S + 5.0, reports_s: float = 2.0) -> None:
-        """Close its stdin (it reads what the journal holds, then stops); kill it if stuck; then
-        read its last reports (the final metrics)."""
-        await super().stop(timeout_s, reports_s)
-
 
 def main(argv: list[str] | None = None) -> int:
-
     started = child_start("python -m whazing_gateway.pipeline.child", (__doc__ or "").splitlines()[0], argv,
                           flags=(("--annotate", "report results for the flow viewer"),))
     if isinstance(started, int):
