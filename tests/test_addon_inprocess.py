@@ -376,3 +376,28 @@ def test_kept_headers_read_in_one_pass_say_what_headers_get_says():
         assert _headers(h) == {n: h.get(n) for n in _KEPT_HEADERS if h.get(n) is not None}
     assert _headers(cases[2])["content-encoding"] == "gzip, br"
     assert _headers({"authorization": "Bearer x", "cookie": "c=1"}) == {"authorization": "Bearer x"}
+
+
+def test_an_outcome_read_before_its_result_still_reaches_the_flow():
+    """Results (pipeline process) and outcomes (delivery worker) come over two pipes: an outcome
+    read first waits for its result, then lands after the "queued" line; waiting ones are bounded."""
+    from whazing_gateway.edge.addon import FlowNotes
+
+    notes = FlowNotes()
+    flow = rest_flow("GET", "/tickets/1")
+    notes.track(flow)
+    summary = {"flow_id": flow.id, "accepted": True,
+               "events": [{"id": "evt_1", "type": "ticket.closed", "ticket": 1, "changes": {}}],
+               "deliveries": [{"id": "msg_1", "target": "recv", "event": "ticket.closed"},
+                              {"id": "msg_2", "target": "dead-end", "event": "ticket.closed"}]}
+    notes.on_delivery("msg_1", "recv", "delivered", "200")  # the worker was quicker
+    notes.on_delivery("msg_2", "dead-end", "dead", "410")
+    notes.on_result(summary)
+    lines = flow.comment.splitlines()
+    assert lines[1:] == ["  -> recv: queued [msg_1]", "  -> dead-end: queued [msg_2]",
+                         "  <- recv: delivered 200 [msg_1]", "  <- dead-end: dead 410 [msg_2]"]
+    assert flow.metadata["whazing"]["deliveries"]["msg_1"]["status"] == "delivered"
+    assert flow.marked == ":warning:" and not notes.early and not notes.by_delivery
+    for i in range(FlowNotes.MAX_EARLY + 5):  # outcomes of flows never tracked
+        notes.on_delivery(f"x{i}", "recv", "delivered", "200")
+    assert len(notes.early) == FlowNotes.MAX_EARLY

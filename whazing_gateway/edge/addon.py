@@ -67,14 +67,20 @@ class FlowNotes:
     mitmweb displays `flow.comment` and the mark; the details go to `flow.metadata["whazing"]`
     (searchable with `~meta`). Flows are held weakly: a flow dropped by the viewer is not kept
     alive for its annotations.
+
+    Results come from the pipeline process and outcomes from the delivery worker, over two pipes:
+    the worker can deliver what the outbox just committed before the pipeline's result line is
+    read, so an outcome for a delivery not yet known waits (bounded) for its result.
     """
 
     MAX_LINES = 50
     MAX_META = 200
+    MAX_EARLY = 10_000
 
     def __init__(self) -> None:
         self.flows: weakref.WeakValueDictionary[str, mflow.Flow] = weakref.WeakValueDictionary()
         self.by_delivery: dict[str, str] = {}
+        self.early: dict[str, list[tuple[str, str, str]]] = {}  # delivery id -> outcomes seen first
 
     def track(self, flow) -> None:
         self.flows[flow.id] = flow
@@ -107,10 +113,18 @@ class FlowNotes:
         flow.comment = "\n".join(lines[-self.MAX_LINES:])
         flow.marked = ":default:"
         self._update(flow)
+        for d in summary["deliveries"]:  # outcomes that came in before this result
+            for outcome in self.early.pop(d["id"], ()):
+                self.on_delivery(d["id"], *outcome)
 
     def on_delivery(self, delivery_id: str, target: str, outcome: str, detail: str) -> None:
         flow_id = self.by_delivery.get(delivery_id)
-        flow = self.flows.get(flow_id) if flow_id else None
+        if flow_id is None:  # its result line is not read yet (or its flow was never tracked)
+            self.early.setdefault(delivery_id, []).append((target, outcome, detail))
+            if len(self.early) > self.MAX_EARLY:
+                self.early.pop(next(iter(self.early)))
+            return
+        flow = self.flows.get(flow_id)
         if flow is None:
             return
         info = flow.metadata.get("whazing", {}).get("deliveries", {}).get(delivery_id)
