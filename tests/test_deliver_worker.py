@@ -73,3 +73,37 @@ async def test_inline_delivery_mode(tmp_path):
         await gw.stop()
         await receiver.stop()
         await standin.stop()
+
+
+async def test_the_worker_reports_counts_in_batches_and_attempts_only_for_the_viewer(capsys):
+    """Per delivery the proxy's loop would read and parse a line (about 20 us each): without a
+    flow viewer the worker sends none; its counts arrive in its periodic reports instead."""
+    import json
+
+    from whazing_gateway.deliver.worker import _Reports
+    from whazing_gateway.ops import metrics
+
+    class Outbox:
+        async def pending_count(self) -> int:
+            return 7
+
+    attempt = {"id": "d1", "target": "t", "outcome": "delivered", "detail": "HTTP 200", "latency_s": 0.01, "age_s": 0.1}
+    health = {"target_health": [{"target": "t", "state": "failing", "next_probe_at": 1.0}]}
+    quiet, viewer = _Reports(Outbox(), outcomes=False), _Reports(Outbox(), outcomes=True)
+    capsys.readouterr()
+    quiet.attempted(attempt)
+    quiet.attempted(health)
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [health]
+    viewer.attempted(attempt)
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [attempt]
+
+    metrics.DELIVERIES_DONE.labels(target="batch-test", outcome="delivered").inc(3)
+    await quiet.report()
+    (line,) = capsys.readouterr().out.splitlines()
+    report = json.loads(line)
+    assert report["pending"] == 7
+    assert ["whazing_gateway_deliveries", {"target": "batch-test", "outcome": "delivered"}, 3.0] in report["m"]
+    assert not any(name.startswith(("whazing_gateway_rules_reloads", "whazing_gateway_target_probes"))
+                   for name, _, _ in report["m"])
+    await quiet.report()  # nothing changed: nothing repeated
+    assert json.loads(capsys.readouterr().out)["m"] == []

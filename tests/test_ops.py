@@ -8,6 +8,7 @@ import socket
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from whazing_gateway.ops import metrics
@@ -70,6 +71,49 @@ async def test_metrics_scrape_reflects_increments(http, ops):
     assert delta("whazing_gateway_delivery_latency_seconds_bucket", target="ops-test", le="+Inf") == 2
     assert after[("whazing_gateway_outbox_pending", ())] == 17
     assert delta("whazing_gateway_delivery_latency_seconds_sum", target="ops-test") == pytest.approx(2.03)
+
+
+def _child_rows(observed: list[float], target: str) -> list[list]:
+    """What a delivery worker reports of its latency histogram after `observed` (cumulative)."""
+    child = Histogram("whazing_gateway_delivery_latency_seconds", "child", ["target"], registry=None,
+                      buckets=metrics.LATENCY_BUCKETS)
+    for v in observed:
+        child.labels(target=target).observe(v)
+    rows = []
+    for family in child.collect():
+        rows += [[s.name, s.labels, s.value] for s in family.samples if not s.name.endswith("_created") and s.value]
+    rows.append(["whazing_gateway_deliveries", {"target": target, "outcome": "delivered"}, float(len(observed))])
+    return rows
+
+
+async def test_a_childs_histograms_and_counters_add_to_this_process_scrape(http, ops):
+    """The delivery worker times deliveries; /metrics here shows its observations added to this
+    process's own, applied once each, and still rising after the worker restarts from zero."""
+    before = await scrape(http, ops)
+    metrics.DELIVERY_LATENCY.labels(target="mirror-test").observe(0.02)  # this process's own
+    mirror = metrics.Mirror()
+    mirror.apply(_child_rows([0.003, 0.2], "mirror-test"))
+    mirror.apply(_child_rows([0.003, 0.2, 4.0], "mirror-test"))  # cumulative: only 4.0 is new
+    mirror.apply(_child_rows([0.003, 0.2, 4.0], "mirror-test"))  # nothing new
+    mirror.reset()  # a new worker counts from zero
+    mirror.apply(_child_rows([0.04], "mirror-test"))
+    mirror.apply(_child_rows([0.001], "mirror-new"))  # a target only a child has seen
+    after = await scrape(http, ops)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    name = "whazing_gateway_delivery_latency_seconds"
+    assert delta(name + "_count", target="mirror-test") == 5
+    assert delta(name + "_sum", target="mirror-test") == pytest.approx(0.02 + 0.003 + 0.2 + 4.0 + 0.04)
+    assert delta(name + "_bucket", target="mirror-test", le="0.005") == 1
+    assert delta(name + "_bucket", target="mirror-test", le="0.05") == 3
+    assert delta(name + "_bucket", target="mirror-test", le="0.25") == 4
+    assert delta(name + "_bucket", target="mirror-test", le="+Inf") == 5
+    assert delta("whazing_gateway_deliveries_total", target="mirror-test", outcome="delivered") == 4
+    assert delta(name + "_count", target="mirror-new") == 1
+    assert delta(name + "_bucket", target="mirror-new", le="0.005") == 1
 
 
 async def test_metrics_openmetrics_negotiation(http, ops):

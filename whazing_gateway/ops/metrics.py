@@ -5,9 +5,52 @@ Every stage counts here; `whazing_gateway/ops/server.py` serves them on the side
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class WithChildren(Collector):
+    """A histogram of this process plus what child processes observed of it.
+
+    Deliveries are timed in the delivery worker; /metrics is served here. A child reports its
+    cumulative samples now and then (`Mirror`), and they are added to this process's own at
+    collection: the proxy's loop pays per report, not per delivery."""
+
+    def __init__(self, metric: Histogram) -> None:
+        self.metric = metric
+        self.added: dict[tuple[str, tuple], float] = {}  # (sample name, sorted labels) -> sum of children's
+
+    def describe(self) -> list[Metric]:
+        return list(self.metric.describe())
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.metric.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            seen = set()
+            for s in family.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                seen.add(key)
+                out.add_sample(s.name, s.labels, s.value + self.added.get(key, 0.0), s.timestamp, s.exemplar)
+            for key, value in list(self.added.items()):
+                if key not in seen:
+                    out.add_sample(key[0], dict(key[1]), value)
+            yield out
+
+
+_WITH_CHILDREN: list[WithChildren] = []
+
+
+def _mirrored_histogram(name: str, documentation: str, labels: list[str], buckets: tuple) -> Histogram:
+    metric = Histogram(name, documentation, labels, registry=None, buckets=buckets)
+    collector = WithChildren(metric)
+    REGISTRY.register(collector)
+    _WITH_CHILDREN.append(collector)
+    return metric
 
 OBSERVATIONS = Counter(
     "whazing_gateway_observations_total",
@@ -108,18 +151,17 @@ TARGET_PROBES = Counter(
     ["target", "outcome"],
     registry=REGISTRY,
 )
-DELIVERY_LATENCY = Histogram(
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DELIVERY_LATENCY = _mirrored_histogram(
     "whazing_gateway_delivery_latency_seconds",
     "HTTP latency of one delivery attempt",
     ["target"],
-    registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=LATENCY_BUCKETS,
 )
-EVENT_TO_DELIVERY = Histogram(
+EVENT_TO_DELIVERY = _mirrored_histogram(
     "whazing_gateway_event_to_delivery_seconds",
     "Time from the event's observation to its successful delivery",
     ["target"],
-    registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600),
 )
 RULES_RELOADS = Counter(
@@ -208,11 +250,13 @@ PIPELINE_RESTARTS = Counter(
 
 
 # -- mirroring a child process's metrics into this process's registry ---------------------------
-# The pipeline runs in a child process; /metrics is served by the proxy's process. The child
-# sends its counters (and the gauges below) as plain values; the parent adds the increase since
-# the child's previous report, so the parent's own counts (hooks, drops) stay in the same series.
+# The pipeline and the delivery worker run in child processes; /metrics is served by the proxy's
+# process. A child sends its counters, histograms and the gauges below as plain cumulative
+# values; the parent adds the increase since that child's previous report, so the parent's own
+# counts (hooks, drops) and both children's stay in the same series.
 CHILD_GAUGES = ("whazing_gateway_spool_size", "whazing_gateway_pipeline_lag_seconds",
                 "whazing_gateway_journal_bytes")
+_HISTOGRAM_SAMPLES = ("_bucket", "_count", "_sum")
 
 
 def _by_name() -> dict[str, Counter | Gauge]:
@@ -223,18 +267,52 @@ def _by_name() -> dict[str, Counter | Gauge]:
     return out
 
 
-def snapshot() -> list[list]:
-    """[name, labels, value] of every counter sample with a value, and of CHILD_GAUGES."""
+def _histograms_by_sample() -> dict[str, WithChildren]:
+    out: dict[str, WithChildren] = {}
+    for collector in _WITH_CHILDREN:
+        for suffix in _HISTOGRAM_SAMPLES:
+            out[next(iter(collector.describe())).name + suffix] = collector
+    return out
+
+
+def snapshot(skip: frozenset[str] = frozenset(), gauges: bool = True) -> list[list]:
+    """[name, labels, value] of every counter and histogram sample with a value, and of
+    CHILD_GAUGES (unless `gauges` is False); families named in `skip` left out."""
     out: list[list] = []
     for family in REGISTRY.collect():
+        if family.name in skip:
+            continue
         if family.type == "counter":
             for sample in family.samples:
                 if sample.name.endswith("_total") and sample.value:
                     out.append([family.name, sample.labels, sample.value])
-        elif family.type == "gauge" and family.name in CHILD_GAUGES:
+        elif family.type == "histogram":
+            for sample in family.samples:
+                if sample.name.endswith(_HISTOGRAM_SAMPLES) and sample.value:
+                    out.append([sample.name, sample.labels, sample.value])
+        elif gauges and family.type == "gauge" and family.name in CHILD_GAUGES:
             for sample in family.samples:
                 out.append([family.name, sample.labels, sample.value])
     return out
+
+
+class Changes:
+    """A child's side: the snapshot's values that changed since its previous report (the
+    parent keeps the rest)."""
+
+    def __init__(self, skip: frozenset[str] = frozenset(), gauges: bool = True) -> None:
+        self.skip = skip
+        self.gauges = gauges
+        self._last: dict[tuple, float] = {}
+
+    def __call__(self) -> list[list]:
+        changed = []
+        for name, labels, value in snapshot(self.skip, self.gauges):
+            key = (name, tuple(sorted(labels.items())))
+            if self._last.get(key) != value:
+                self._last[key] = value
+                changed.append([name, labels, value])
+        return changed
 
 
 class Mirror:
@@ -243,6 +321,7 @@ class Mirror:
     def __init__(self) -> None:
         self._last: dict[tuple, float] = {}
         self._metrics = _by_name()
+        self._histograms = _histograms_by_sample()
 
     def reset(self) -> None:
         self._last.clear()
@@ -250,13 +329,18 @@ class Mirror:
     def apply(self, snap: list[list]) -> None:
         for name, labels, value in snap:
             metric = self._metrics.get(name)
-            if metric is None:
-                continue
             if isinstance(metric, Gauge):
                 (metric.labels(**labels) if labels else metric).set(value)
+                continue
+            histogram = self._histograms.get(name) if metric is None else None
+            if metric is None and histogram is None:
                 continue
             key = (name, tuple(sorted(labels.items())))
             delta = value - self._last.get(key, 0.0)
             self._last[key] = value
-            if delta > 0:
+            if delta <= 0:
+                continue
+            if histogram is not None:
+                histogram.added[key] = histogram.added.get(key, 0.0) + delta
+            elif metric is not None:
                 (metric.labels(**labels) if labels else metric).inc(delta)

@@ -191,18 +191,12 @@ class Reporter:
     def __init__(self, outbox) -> None:
         self.outbox = outbox
         self.sent_at = 0.0
-        self._last: dict[tuple, float] = {}
+        self.changes = metrics.Changes()
 
     def __call__(self) -> None:
         """Only the values that changed since the last report (the parent keeps the rest)."""
         self.sent_at = time.monotonic()
-        changed = []
-        for name, labels, value in metrics.snapshot():
-            key = (name, tuple(sorted(labels.items())))
-            if self._last.get(key) != value:
-                self._last[key] = value
-                changed.append([name, labels, value])
-        _emit({"m": changed, "o": [self.outbox.healthy, self.outbox.last_error]})
+        _emit({"m": self.changes(), "o": [self.outbox.healthy, self.outbox.last_error]})
 
     async def run(self, reader, consumer: Consumer) -> None:
         periodic_at = 0.0
