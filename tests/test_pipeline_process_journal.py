@@ -33,11 +33,25 @@ def read_all(reader: JournalReader) -> list:
 def test_codec_round_trips_every_record_kind():
     records = [
         WsFrame("a", 1.5, True, b"\x00\xff binary", False),
+        WsFrame("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", 1700000000.123456, False, b'42["1:ticketList",{}]'),
+        WsFrame("", 0.0, False, b""),
+        WsFrame("x" * 300, 4.0, True, b"a flow id too long for the binary header"),
         HttpRequestSeen("b", 2.0, "POST", "/tickets", "x=1", {"content-type": "application/json"}, None),
         HttpExchange("c", 3.0, "PUT", "/tickets/1", "", 200, {"authorization": "Bearer t"}, b"{}",
                      {"content-encoding": "gzip"}, b"\x1f\x8b body"),
     ]
     assert [decode(encode(r)[8:]) for r in records] == records
+
+
+def test_frames_journaled_with_a_json_header_are_still_read():
+    """An upgrade finds records the previous version wrote (kind 3, JSON header) in the journal."""
+    import json
+    import struct
+
+    head = json.dumps(["f1", 12.5, False, True]).encode()
+    payload = struct.pack("<BI", 3, len(head)) + head + struct.pack("<q", 6) + b"42[1,]"
+    assert decode(payload) == WsFrame("f1", 12.5, False, b"42[1,]", True)
+    assert len(encode(WsFrame("f1", 12.5, False, b"42[1,]", True))) < 8 + len(payload)  # the binary header is used
 
 
 def test_records_come_back_in_order_across_segments_and_restarts(tmp_path):
