@@ -98,6 +98,8 @@ async def test_the_worker_reports_counts_in_batches_and_attempts_only_for_the_vi
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [attempt]
 
     metrics.DELIVERIES_DONE.labels(target="batch-test", outcome="delivered").inc(3)
+    metrics.RULES_RELOADS.labels(outcome="ok").inc()  # the pipeline process reports these
+    metrics.TARGET_PROBES.labels(target="batch-test", outcome="success").inc()  # the parent counts the probe lines
     await quiet.report()
     (line,) = capsys.readouterr().out.splitlines()
     report = json.loads(line)
