@@ -275,7 +275,10 @@ async def test_hostile_input_beside_real_traffic(tmp_path):
         await ws.receive()
         expected_all += 1
 
-        await receiver.wait_for(expected_all + expected_regex, timeout=90)
+        try:
+            await receiver.wait_for(expected_all + expected_regex, timeout=90)
+        except AssertionError as exc:  # say what the gateway was doing (a CI run saw 0 of 31 once)
+            raise AssertionError(f"{exc}; the gateway's log ends:\n{gw.log()[-6000:]}") from None
         await asyncio.sleep(1.0)  # nothing extra trickles in
         by_path: dict[str, set[str]] = {}
         for req in receiver.requests:

@@ -51,6 +51,11 @@ async def test_locked_outbox_holds_events_back_then_delivers_all(tmp_path):
         assert len(message_bodies(receiver)) == n
         await wait_until(lambda: len(gw.events()) >= n, 10, what="the event lines")
         m = parse_metrics(await gw.metrics())
+        for _ in range(100):  # the pipeline process's counts reach /metrics in its next report
+            if metric_sum(m, "whazing_gateway_events_total", type="message.received") >= n:
+                break
+            await asyncio.sleep(0.1)
+            m = parse_metrics(await gw.metrics())
         assert metric_sum(m, "whazing_gateway_events_total", type="message.received") == n
         assert metric_sum(m, "whazing_gateway_outbox_retries_total") >= 1
         assert metric_sum(m, "whazing_gateway_records_dropped_total") == 0
