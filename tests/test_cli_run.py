@@ -49,8 +49,10 @@ async def test_broken_rules_at_start_keep_running_routing_nothing_until_fixed(tm
             await asyncio.sleep(2.0)  # mitmproxy's startup error check is long over
             assert gw.proc.poll() is None, gw.log()
             assert "Error logged during startup" not in gw.log()
-            refused = events(gw, "rules refused at start: nothing is routed until they are fixed")
-            assert len(refused) == 1, refused  # once: not again by the delivery worker
+            refused = events(gw, "rules refused at start")
+            assert len(refused) == 1 and refused[0]["line"] >= 1, refused  # once: not by the delivery worker
+            nothing = events(gw, "rules: no rules that loaded before: nothing is routed until the files are fixed")
+            assert len(nothing) == 1, nothing
             assert len(events(gw, "gateway started")) == 1
             await wait_until(lambda: events(gw, "pipeline.started"), 20, what="the pipeline process")
             assert events(gw, "pipeline.started")[0]["targets"] == 0  # routing nothing

@@ -25,17 +25,28 @@ def initial_rules(settings: Settings, *, quiet: bool = False) -> RuleSet:
     """The rules at start. Broken rules do not keep the proxy down: it starts routing nothing,
     says why, and the hot reload picks up the fixed file. `quiet`: a second process reading the
     same files (the delivery worker) leaves the saying to the gateway."""
+    from whazing_gateway.config import last_good
+
     try:
         rules = load_rules(settings.rules_dir, settings)
-        register_rule_secrets(rules)
-        return rules
     except ConfigError as exc:
+        saved = last_good.load(settings)
+        if saved is not None:
+            register_rule_secrets(saved)
         if quiet:
-            return RuleSet()
+            return saved or RuleSet()
         for issue in exc.issues:
-            log.error("rules refused at start: nothing is routed until they are fixed", issue=str(issue))
+            log.error("rules refused at start", issue=str(issue), file=issue.file, line=issue.line)
+        if saved is not None:
+            log.warning("rules: routing with the last rules that loaded until the files are fixed",
+                        saved=str(Path(settings.data_dir) / last_good.SNAPSHOT), summary=saved.summary())
+        else:
+            log.error("rules: no rules that loaded before: nothing is routed until the files are fixed")
         metrics.RULES_RELOADS.labels("refused").inc()
-        return RuleSet()
+        return saved or RuleSet()
+    register_rule_secrets(rules)
+    last_good.save(settings)
+    return rules
 
 
 def register_rule_secrets(rules: RuleSet) -> None:
@@ -126,6 +137,10 @@ class RulesWatcher:
             return False
         self.router.rules = rules  # one reference assignment: atomic for every reader
         self.last_issues = []
+        if self.settings is not None:
+            from whazing_gateway.config import last_good
+
+            await asyncio.to_thread(last_good.save, self.settings)
         metrics.RULES_RELOADS.labels("ok").inc()
         log.info("rules.reloaded", rules_dir=str(self.rules_dir), summary=rules.summary())
         if self.on_reload is not None:
