@@ -19,17 +19,13 @@ from pathlib import Path
 import structlog
 
 from whazing_gateway.config import ConfigError, Settings, load_rules
+from whazing_gateway.config.rules_loader import _rule_files  # the files a load reads, in its order
 from whazing_gateway.ops.files import private_dir
 from whazing_gateway.route.rules import RuleSet
 
 log = structlog.get_logger(__name__)
 
 SNAPSHOT = "rules-last-good.json"
-
-
-def _files(rules_dir: Path) -> list[Path]:
-    return sorted(p for p in rules_dir.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml")
-                  and not p.name.startswith("."))
 
 
 def save(settings: Settings) -> None:
@@ -40,7 +36,7 @@ def save(settings: Settings) -> None:
         return
     try:
         folder = private_dir(settings.data_dir)
-        files = [[p.name, p.read_text(encoding="utf-8")] for p in _files(Path(settings.rules_dir))]
+        files = [[p.name, p.read_text(encoding="utf-8")] for p in _rule_files(Path(settings.rules_dir))]
         fd, tmp = tempfile.mkstemp(prefix=".rules-last-good.", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
