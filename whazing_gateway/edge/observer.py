@@ -158,7 +158,7 @@ class CatchUp:
 
     def __init__(self, upstream: str, email: str, password: str, state: Any, submit: Callable[[Any], None],
                  observer: Observer, *, heartbeat_s: float = 1.0, margin_s: float = 5.0,
-                 max_pages: int = 40, clock: Callable[[], float] = time.time,
+                 max_pages: int = 40, max_rereads: int = 5, clock: Callable[[], float] = time.time,
                  ready: Callable[[], bool] = lambda: True) -> None:
         self.upstream = upstream.rstrip("/")
         self.email = email
@@ -169,6 +169,7 @@ class CatchUp:
         self.heartbeat_s = heartbeat_s
         self.margin_s = margin_s
         self.max_pages = max_pages
+        self.max_rereads = max_rereads
         self._clock = clock
         # False while the pipeline process has not loaded its state yet: it reads the watermark
         # once, at its start, so this one must not move before then (a newer one would hide the
@@ -259,27 +260,64 @@ class CatchUp:
         log.info("catch-up done", since=_iso(since), listed=len(tickets), created=len(result.created),
                  changed=len(result.changed), message_gaps=len(result.gaps), complete=complete)
         if not complete:
-            log.warning("catch-up: the listing was cut at its page limit; older changes are not caught up",
-                        pages=self.max_pages)
+            log.warning("catch-up: the listing was cut at its page limit, or kept moving while it was read; "
+                        "changes it did not show are not caught up", pages=self.max_pages, rereads=self.max_rereads)
         return True
 
     async def _listing(self, session: aiohttp.ClientSession, token: str, since: float) -> tuple[list[dict], bool]:
-        """Pages of the listing (most recently updated first) until they are older than `since`."""
+        """Pages of the listing (most recently updated first) until they are older than `since`,
+        then the top again until it held still; one entry per ticket, its newest.
+
+        Whazing pages by `updatedAt` while tickets change: a ticket updated between two page
+        requests jumps onto page 1, already read, and every ticket above its old place shifts
+        down one, so it is read on no page at all and a neighbour is read twice. Each ticket
+        that moved was updated after the first page was answered, so it sits at or above that
+        page's newest `updatedAt`: the top is read again down to that mark, until one answer
+        holds the whole of it (one answer is consistent)."""
         from whazing_gateway.infer.catchup import ts
 
-        out: list[dict] = []
+        newest: dict[int, dict] = {}
+        complete = False
+        pages = 0
+        mark: float | None = None
         for page in range(1, self.max_pages + 1):
-            async with session.get(f"{self.upstream}/tickets", params=[*LISTING_QUERY, ("pageNumber", str(page))],
-                                   headers={"Authorization": f"Bearer {token}"}) as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"ticket listing answered HTTP {resp.status}")
-                body = await resp.json()
-            tickets = [t for t in (body.get("tickets") or []) if isinstance(t, dict)] if isinstance(body, dict) else []
-            out += tickets
+            tickets, more = await self._page(session, token, page)
+            pages += 1
+            _keep_newest(newest, tickets)
+            if page == 1:
+                mark = max((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=None)
             oldest = min((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=0.0)
-            if not tickets or not body.get("hasMore") or oldest < since:
-                return out, True
-        return out, False
+            if not tickets or not more or oldest < since:
+                complete = True
+                break
+        if pages > 1 and complete:  # a single answer cannot have moved under us
+            complete = False
+            for _ in range(self.max_rereads):
+                read, top_mark = 0, None
+                for page in range(1, self.max_pages + 1):
+                    tickets, more = await self._page(session, token, page)
+                    read += 1
+                    _keep_newest(newest, tickets)
+                    if page == 1:
+                        top_mark = max((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=None)
+                    oldest = min((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=0.0)
+                    if not tickets or not more or mark is None or oldest < mark:
+                        break
+                if read == 1:
+                    complete = True
+                    break
+                mark = top_mark
+        return list(newest.values()), complete
+
+    async def _page(self, session: aiohttp.ClientSession, token: str, page: int) -> tuple[list[dict], bool]:
+        async with session.get(f"{self.upstream}/tickets", params=[*LISTING_QUERY, ("pageNumber", str(page))],
+                               headers={"Authorization": f"Bearer {token}"}) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"ticket listing answered HTTP {resp.status}")
+            body = await resp.json()
+        if not isinstance(body, dict):
+            return [], False
+        return [t for t in (body.get("tickets") or []) if isinstance(t, dict)], bool(body.get("hasMore"))
 
     async def _known(self, tickets: list[dict], since: float) -> dict:
         from whazing_gateway.decode import as_int
@@ -296,6 +334,20 @@ class CatchUp:
                                         last_received=await read(f"m:{tenant}:{tid}"),
                                         trust_until=None if baseline else since)
         return known
+
+
+def _keep_newest(newest: dict[int, dict], tickets: list[dict]) -> None:
+    """Index `tickets` by id, keeping the entry with the latest `updatedAt` of each."""
+    from whazing_gateway.decode import as_int
+    from whazing_gateway.infer.catchup import ts
+
+    for t in tickets:
+        tid = as_int(t.get("id"))
+        if tid is None:
+            continue
+        old = newest.get(tid)
+        if old is None or (ts(t.get("updatedAt")) or 0.0) >= (ts(old.get("updatedAt")) or 0.0):
+            newest[tid] = t
 
 
 def _frame(ticket: dict) -> Any:
