@@ -170,3 +170,25 @@ async def test_only_ticket_routes_are_read_as_tickets():
     [ev] = await inf.observe(RestCall(routes.TICKET_CREATE, {}, "POST", "/tickets", 200, None,
                                       ticket(id=1, status="open", userId=7, createdAt=T0, updatedAt=T0), 1, 7, 2.0))
     assert ev.type == model.TICKET_CREATED
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_a_replica_committing_late_does_not_turn_a_ticket_back(tmp_path, store):
+    """Replica B inferred an older state of the ticket and commits it only after replica A has
+    committed a newer one (B was starved of CPU): the newer state stays, so the next copy is
+    diffed against the present, not the past (that made a second `ticket.accepted`)."""
+    from whazing_gateway.state.sqlite import SqliteState
+
+    shared = MemoryState() if store == "memory" else SqliteState(tmp_path / "state.db")
+    a, b = Inferrer(shared), Inferrer(shared)
+    created = ticket(status="pending", queueId=2, updatedAt="2026-11-26T10:00:00.000Z", isCreated=True)
+    bumped = ticket(status="pending", queueId=2, updatedAt="2026-11-26T10:00:01.000Z")  # a message
+    accepted = ticket(status="open", queueId=2, userId=7, updatedAt="2026-11-26T10:00:02.000Z")
+    again = ticket(status="open", queueId=2, userId=7, updatedAt="2026-11-26T10:00:03.000Z")
+    assert [e.type for e in await a.observe(upd(created))] == [model.TICKET_CREATED]
+    assert await b.infer(upd(bumped)) == []  # B holds the bumped (older) state, uncommitted
+    assert await a.observe(upd(bumped)) == []
+    assert [e.type for e in await a.observe(upd(accepted))] == [model.TICKET_ACCEPTED]
+    await b.commit([])  # late
+    assert (await shared.get("t:1:1"))["status"] == "open"
+    assert await a.observe(upd(again)) == [] and await b.observe(upd(again)) == []

@@ -39,7 +39,9 @@ async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_se
         for req in receiver.requests:
             body = req.json()
             got[body["data"]["ticket"]["id"]].append(_summary(body))
-        assert dict(got) == expected
+        assert dict(got) == expected, "\n".join(
+            f"ticket {t}:\n  got      {got.get(t)}\n  expected {expected.get(t)}"
+            for t in sorted(set(got) | set(expected)) if got.get(t) != expected.get(t))
         ids = [r.webhook_id for r in receiver.requests]
         assert len(ids) == total and len(set(ids)) == total
         for c in clients:

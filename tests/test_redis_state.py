@@ -93,3 +93,21 @@ async def test_falls_back_to_memory_when_redis_is_down_and_recovers(redis_server
     assert await s.get("after") == 1
     assert await make_client(redis_server.url).get("fb:state:after") == b"1"
     await s.close()
+
+
+async def test_a_late_writer_never_puts_an_older_version_back(redis_server):
+    """Two replicas commit one ticket's state in any order: the higher version stays, whoever
+    writes last; without a version held, or at an equal one, the write goes through."""
+    a = RedisState(make_client(redis_server.url), prefix="v")
+    b = RedisState(make_client(redis_server.url), prefix="v")
+    assert await a.set_newer("t:1:9", {"status": "open"}, 200.0, 60) is True
+    assert await b.set_newer("t:1:9", {"status": "pending"}, 100.0, 60) is False  # the late one
+    assert await b.get("t:1:9") == {"status": "open"}
+    assert await b.set_newer("t:1:9", {"status": "closed"}, 200.0, 60) is True
+    assert await a.set_newer("t:1:9", {"status": "open"}, 300.0) is True  # no expiry
+    assert await a.get("t:1:9") == {"status": "open"}
+    raw = make_client(redis_server.url)
+    assert await raw.pttl("v:state:t:1:9") == -1 and await raw.get("v:state:t:1:9#v") == b"300.0"
+    await raw.aclose()
+    await a.close()
+    await b.close()

@@ -160,7 +160,7 @@ class Inferrer:
         # away. None: read the state's current one (a pipeline in the proxy's own process).
         self.away_since = away_since
         self._overlay: dict[str, Any] = {}
-        self._writes: list[tuple[str, Any, float | None]] = []
+        self._writes: list[tuple[str, Any, float | None, float | None]] = []
 
     async def observe(self, obs: RestCall | SocketEvent) -> list[Event]:
         """`infer` then `commit`: the events that were new (for callers with no outbox)."""
@@ -178,8 +178,11 @@ class Inferrer:
         call was the first to mark it (False: a replica or an earlier copy got there first)."""
         writes, self._writes, self._overlay = self._writes, [], {}
         first = [await self.state.add_once(f"e:{e.id}", self.settings.dedup_ttl_s) for e in events]
-        for key, value, ttl in writes:
-            await self.state.set(key, value, ttl)
+        for key, value, ttl, version in writes:
+            if version is None:
+                await self.state.set(key, value, ttl)
+            else:  # a ticket's state: never back to an older one (replicas commit in any order)
+                await self.state.set_newer(key, value, version, ttl)
         return first
 
     # -- uncommitted writes: per-record containment and outbox refusals (pipeline/core.py) --------
@@ -210,9 +213,13 @@ class Inferrer:
             return self._overlay[key]
         return await self.state.get(key)
 
-    def _set(self, key: str, value: Any, ttl: float | None) -> None:
+    def _set(self, key: str, value: Any, ttl: float | None, version: float | None = None) -> None:
         self._overlay[key] = value
-        self._writes.append((key, value, ttl))
+        self._writes.append((key, value, ttl, version))
+
+    def _set_ticket(self, key: str, snap: dict[str, Any]) -> None:
+        """A ticket's state, versioned by its `updatedAt` (see `StateStore.set_newer`)."""
+        self._set(key, snap, self.settings.ticket_ttl_s, _ts(snap.get("updatedAt")))
 
     async def _seen(self, event_id: str) -> bool:
         return bool(await self._get(f"e:{event_id}"))
@@ -325,7 +332,7 @@ class Inferrer:
 
                 events = await self.ticket_seen(creation_of(ticket), tenant_id, ts, source, flow_id)
                 return events + await self.ticket_seen(ticket, tenant_id, ts, source, flow_id, may_create=False)
-            self._set(key, new, self.settings.ticket_ttl_s)
+            self._set_ticket(key, new)
             if not (may_create and looks_new(ticket)):
                 return []  # first sighting of an old ticket: no event
             origin = await self._origin(ticket)
@@ -336,9 +343,9 @@ class Inferrer:
             return await self._emit([(model.TICKET_CREATED, changes, eid, origin)], ticket, tenant_id, ticket_id, when, source, flow_id)
         if all(old.get(f) == new[f] for f in TRACKED):
             if old.get("updatedAt") != new["updatedAt"] and new["updatedAt"] is not None:
-                self._set(key, new, self.settings.ticket_ttl_s)
+                self._set_ticket(key, new)
             return []
-        self._set(key, new, self.settings.ticket_ttl_s)
+        self._set_ticket(key, new)
         found = []
         for etype, changes in diff(old, new):
             eid = stable_id("evt", tenant_id, ticket_id, etype,

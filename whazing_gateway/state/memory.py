@@ -26,6 +26,18 @@ class StateStore(KeyValue, Protocol):
         """Mark `key` seen; True only for the first caller (the de-duplication primitive)."""
         ...
 
+    async def set_newer(self, key: str, value: Any, version: float, ttl_s: float | None = None) -> bool:
+        """Write `value` unless `key` holds a higher `version` already; True if written.
+
+        A ticket's state is written by whichever replica inferred its change: one that ran late
+        (starved of CPU, a slow batch) must not put back an older state over a newer one, or the
+        next change is diffed against the past and becomes an event that never happened."""
+        ...
+
+
+# Where a store keeps the version of a `set_newer` value, beside it.
+VERSION_SUFFIX = "#v"
+
 
 class MemoryState:
     """A bounded LRU map with optional expiry: per-process caches must not grow without limit."""
@@ -65,4 +77,12 @@ class MemoryState:
         if self._live(key) is not None:
             return False
         self._put(key, True, ttl_s)
+        return True
+
+    async def set_newer(self, key: str, value: Any, version: float, ttl_s: float | None = None) -> bool:
+        held = self._live(key + VERSION_SUFFIX)
+        if held is not None and isinstance(held[0], (int, float)) and held[0] > version:
+            return False
+        self._put(key, value, ttl_s)
+        self._put(key + VERSION_SUFFIX, version, ttl_s)
         return True

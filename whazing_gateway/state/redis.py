@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from whazing_gateway.state.memory import MemoryState
+from whazing_gateway.state.memory import VERSION_SUFFIX, MemoryState
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +72,22 @@ def _loads(raw: bytes | str | None) -> Any | None:
     return json.loads(raw)
 
 
+# KEYS: value, version; ARGV: value JSON, version, ttl in ms (0: none). Not written when the held
+# version is higher: replicas commit in any order, and a late one must not turn a ticket back.
+_SET_NEWER = """
+local held = redis.call('GET', KEYS[2])
+if held and tonumber(held) and tonumber(held) > tonumber(ARGV[2]) then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
 class RedisState:
     """`StateStore` on Redis: JSON values, SET NX EX for `add_once`; a local fallback when down.
 
@@ -89,6 +105,7 @@ class RedisState:
         self._clock = clock
         self._down_since: float | None = None
         self._next_try = 0.0
+        self._set_newer: Any = None
 
     @property
     def degraded(self) -> bool:
@@ -150,6 +167,21 @@ class RedisState:
                 await self._fallback.set(key, True, ttl_s)
                 return bool(first)
         return await self._fallback.add_once(key, ttl_s)
+
+    async def set_newer(self, key: str, value: Any, version: float, ttl_s: float | None = None) -> bool:
+        kept = await self._fallback.set_newer(key, value, version, ttl_s)
+        if self._use_redis():
+            if self._set_newer is None:
+                self._set_newer = self._r.register_script(_SET_NEWER)
+            try:
+                written = await self._set_newer(keys=[self._key(key), self._key(key + VERSION_SUFFIX)],
+                                                args=[_dumps(value), repr(float(version)), self._px(ttl_s) or 0])
+            except REDIS_DOWN_ERRORS as exc:
+                self._went_down(exc)
+            else:
+                self._came_back()
+                return bool(written)
+        return kept
 
     async def close(self) -> None:
         try:

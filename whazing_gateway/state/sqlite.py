@@ -76,6 +76,14 @@ class SqliteState:
             self._persist(key, True, ttl_s)
         return first
 
+    async def set_newer(self, key: str, value: Any, version: float, ttl_s: float | None = None) -> bool:
+        """One process per file writes in order; the version is kept in memory only."""
+        await self._ready()
+        written = await self._memory.set_newer(key, value, version, ttl_s)
+        if written:
+            self._persist(key, value, ttl_s)
+        return written
+
     async def loaded(self, key: str) -> Any | None:
         """The value as it was in the file at start (before this process changed anything): what
         the gateway knew before it went away, for the catch-up."""
