@@ -92,6 +92,29 @@ async def test_pipeline_killed_mid_load_restarts_and_loses_nothing(tmp_path):
                          or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 20, what=f"pipeline {pid} gone")
 
 
+async def test_children_cpu_low_runs_both_children_at_nice_10(tmp_path):
+    """`proxy.children_cpu: low`: a share beside busy programs instead of the idle class."""
+    standin = await start_standin()
+    receiver = await Receiver().start()
+    gw = await GatewayProcess(tmp_path, standin.url, inbound_rules(receiver.url()), env=OBSERVER,
+                              settings="proxy: {children_cpu: low}\n").start()
+    try:
+        await wait_until(lambda: "observer connected" in gw.log(), 30, what="the observer")
+        async with aiohttp.ClientSession() as s:
+            await inbound(s, standin.url, 1, body="at nice 10")
+        await receiver.wait_for(1, timeout=30)
+        [pipeline] = pipeline_pids(gw)
+        [worker] = [r["pid"] for r in gw.log_records() if r.get("event") == "deliver_worker.spawned"]
+        proxy_nice = os.getpriority(os.PRIO_PROCESS, gw.proc.pid)
+        for pid in (pipeline, worker):
+            assert cpu_policies(pid) == {os.SCHED_OTHER}
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, proxy_nice + 10)
+    finally:
+        await gw.stop()
+        await receiver.stop()
+        await standin.stop()
+
+
 async def test_frames_above_the_inspection_limit_are_passed_on_unread(tmp_path):
     standin = await start_standin()
     receiver = await Receiver().start()

@@ -44,6 +44,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 Backend = Literal["sqlite", "redis"]
 Worker = Literal["process", "inline"]
+ChildrenCpu = Literal["idle", "low"]
 
 
 def _path(value: Any) -> Any:
@@ -113,6 +114,12 @@ class Settings:
                                "process: decode, inference, routing and outbox writes run in a child process fed "
                                "through the journal, so no input can stall the proxy | inline: in the proxy's "
                                "event loop (tests, tiny setups).")
+    children_cpu: ChildrenCpu = setting("proxy.children_cpu", "idle",
+                                        "CPU class of the pipeline process and the delivery worker. idle: only CPU "
+                                        "that nothing else on the machine wants, so the proxy's traffic always comes "
+                                        "first, but other busy programs hold the webhooks back until they calm down "
+                                        "(nothing is lost: records wait in the journal) | low: nice 10, a small share "
+                                        "beside busy programs, taken from the proxy too when it is saturated.")
     journal_max_bytes: Size = setting("proxy.journal_max_bytes", 1 << 30,
                                       "Raw records waiting on disk for the pipeline process; past it they are dropped, "
                                       "counted and logged.")

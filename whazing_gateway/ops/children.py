@@ -19,19 +19,22 @@ import structlog
 NICE = 10  # where SCHED_IDLE is refused: still below the proxy
 
 
-def lower_cpu_priority() -> str:
+def lower_cpu_priority(cpu: str = "idle") -> str:
     """The proxy's traffic first: the children take CPU the proxy leaves idle.
 
-    SCHED_IDLE (Linux) rather than nice 10: an idle-class task gives way as soon as the proxy
-    wakes for a frame (ws-worst on 2 cores, back to back: 0.73x of plain mitmdump at nice 10,
-    0.81x idle). It still gets a small share, so a machine that stays busy slows the children
-    without stopping them (records wait in the journal). Threads started afterwards inherit it.
-    Returns what was set, for the log."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
-        return "idle"
-    except (AttributeError, OSError):  # not Linux, or a seccomp profile that refuses it
-        pass
+    `idle` (the default): SCHED_IDLE (Linux) rather than nice 10: an idle-class task gives way
+    as soon as the proxy wakes for a frame (ws-worst on 2 cores, back to back: 0.73x of plain
+    mitmdump at nice 10, 0.81x idle). The price: it gives way to every other program too, so a
+    machine kept busy by something else (Whazing's own backend, a database) holds the children
+    back until it calms down; records wait in the journal, deliveries in the outbox.
+    `low`: nice 10, a share beside busy programs (`proxy.children_cpu`). Threads started
+    afterwards inherit it. Returns what was set, for the log."""
+    if cpu == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+            return "idle"
+        except (AttributeError, OSError):  # not Linux, or a seccomp profile that refuses it
+            pass
     try:
         os.nice(NICE)
         return f"nice {NICE}"
@@ -39,8 +42,8 @@ def lower_cpu_priority() -> str:
         return "unchanged"
 
 
-def become_child(parent_pid: int) -> str:
-    """SIGTERM when the parent dies (Linux), and a lower CPU priority than the proxy's.
+def become_child(parent_pid: int) -> None:
+    """SIGTERM when the parent dies (Linux).
 
     Done after exec rather than in a preexec_fn: the parent has threads (the outbox's, the
     journal's), and running Python between fork and exec in a threaded process can deadlock."""
@@ -53,7 +56,6 @@ def become_child(parent_pid: int) -> str:
     else:
         if os.getppid() != parent_pid:  # the parent died before we asked
             os.kill(os.getpid(), signal.SIGTERM)
-    return lower_cpu_priority()
 
 
 def child_start(prog: str, description: str, argv: list[str] | None,
@@ -70,12 +72,15 @@ def child_start(prog: str, description: str, argv: list[str] | None,
     for name, text in flags:
         parser.add_argument(name, action="store_true", help=text)
     args = parser.parse_args(argv)
-    priority = become_child(args.parent_pid) if args.parent_pid is not None else None
+    if args.parent_pid is not None:
+        become_child(args.parent_pid)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
+    # Below the proxy (a child of it); a settings file that cannot be read stops it above anyway.
+    priority = lower_cpu_priority(settings.children_cpu) if args.parent_pid is not None else None
     configure_logging(settings.log_format, settings.log_level, stream=sys.stderr)
     if priority is not None:
         structlog.get_logger(prog).debug("child process", pid=os.getpid(), cpu_priority=priority)
