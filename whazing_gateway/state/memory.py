@@ -35,7 +35,7 @@ class StateStore(KeyValue, Protocol):
         ...
 
 
-# Where a store keeps the version of a `set_newer` value, beside it.
+# Where the Redis store keeps the version of a `set_newer` value, beside it.
 VERSION_SUFFIX = "#v"
 
 
@@ -43,14 +43,15 @@ class MemoryState:
     """A bounded LRU map with optional expiry: per-process caches must not grow without limit."""
 
     def __init__(self, max_items: int = 100_000, clock=time.monotonic) -> None:
-        self._items: OrderedDict[str, tuple[Any, float | None]] = OrderedDict()
+        # key -> (value, expiry, version of a `set_newer` value: kept in the item, not a slot of its own)
+        self._items: OrderedDict[str, tuple[Any, float | None, float | None]] = OrderedDict()
         self._max = max_items
         self._clock = clock
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def _live(self, key: str) -> tuple[Any, float | None] | None:
+    def _live(self, key: str) -> tuple[Any, float | None, float | None] | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -60,8 +61,8 @@ class MemoryState:
         self._items.move_to_end(key)
         return item
 
-    def _put(self, key: str, value: Any, ttl_s: float | None) -> None:
-        self._items[key] = (value, None if ttl_s is None else self._clock() + ttl_s)
+    def _put(self, key: str, value: Any, ttl_s: float | None, version: float | None = None) -> None:
+        self._items[key] = (value, None if ttl_s is None else self._clock() + ttl_s, version)
         self._items.move_to_end(key)
         while len(self._items) > self._max:
             self._items.popitem(last=False)
@@ -80,9 +81,8 @@ class MemoryState:
         return True
 
     async def set_newer(self, key: str, value: Any, version: float, ttl_s: float | None = None) -> bool:
-        held = self._live(key + VERSION_SUFFIX)
-        if held is not None and isinstance(held[0], (int, float)) and held[0] > version:
+        held = self._live(key)
+        if held is not None and held[2] is not None and held[2] > version:
             return False
-        self._put(key, value, ttl_s)
-        self._put(key + VERSION_SUFFIX, version, ttl_s)
+        self._put(key, value, ttl_s, version)
         return True

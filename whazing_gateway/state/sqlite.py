@@ -77,7 +77,8 @@ class SqliteState:
         return first
 
     async def set_newer(self, key: str, value: Any, version: float, ttl_s: float | None = None) -> bool:
-        """One process per file writes in order; the version is kept in memory only."""
+        """One process per file writes in order; the version is kept in memory only (a restart
+        starts without one: the first write after it goes through)."""
         await self._ready()
         written = await self._memory.set_newer(key, value, version, ttl_s)
         if written:
