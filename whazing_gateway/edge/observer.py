@@ -274,40 +274,35 @@ class CatchUp:
         that moved was updated after the first page was answered, so it sits at or above that
         page's newest `updatedAt`: the top is read again down to that mark, until one answer
         holds the whole of it (one answer is consistent)."""
-        from whazing_gateway.infer.catchup import ts
-
         newest: dict[int, dict] = {}
-        complete = False
-        pages = 0
-        mark: float | None = None
-        for page in range(1, self.max_pages + 1):
-            tickets, more = await self._page(session, token, page)
-            pages += 1
-            _keep_newest(newest, tickets)
-            if page == 1:
-                mark = max((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=None)
-            oldest = min((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=0.0)
-            if not tickets or not more or oldest < since:
-                complete = True
-                break
+        pages, mark, complete = await self._read_down(session, token, newest, since)
         if pages > 1 and complete:  # a single answer cannot have moved under us
             complete = False
             for _ in range(self.max_rereads):
-                read, top_mark = 0, None
-                for page in range(1, self.max_pages + 1):
-                    tickets, more = await self._page(session, token, page)
-                    read += 1
-                    _keep_newest(newest, tickets)
-                    if page == 1:
-                        top_mark = max((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=None)
-                    oldest = min((ts(t.get("updatedAt")) or 0.0 for t in tickets), default=0.0)
-                    if not tickets or not more or mark is None or oldest < mark:
-                        break
-                if read == 1:
+                pages, top, _ended = await self._read_down(session, token, newest, mark)
+                if pages == 1:
                     complete = True
                     break
-                mark = top_mark
+                mark = top
         return list(newest.values()), complete
+
+    async def _read_down(self, session: aiohttp.ClientSession, token: str, newest: dict[int, dict],
+                         floor: float | None) -> tuple[int, float | None, bool]:
+        """Pages from the first until one reaches below `floor` (or the last page), each ticket
+        kept in `newest`: the pages read, the first page's newest `updatedAt`, and False if the
+        page limit cut it."""
+        from whazing_gateway.infer.catchup import ts
+
+        top = None
+        for page in range(1, self.max_pages + 1):
+            tickets, more = await self._page(session, token, page)
+            _keep_newest(newest, tickets)
+            times = [ts(t.get("updatedAt")) or 0.0 for t in tickets]
+            if page == 1:
+                top = max(times, default=None)
+            if not tickets or not more or floor is None or min(times) < floor:
+                return page, top, True
+        return self.max_pages, top, False
 
     async def _page(self, session: aiohttp.ClientSession, token: str, page: int) -> tuple[list[dict], bool]:
         async with session.get(f"{self.upstream}/tickets", params=[*LISTING_QUERY, ("pageNumber", str(page))],
