@@ -35,10 +35,6 @@ class StateStore(KeyValue, Protocol):
         ...
 
 
-# Where the Redis store keeps the version of a `set_newer` value, beside it.
-VERSION_SUFFIX = "#v"
-
-
 class MemoryState:
     """A bounded LRU map with optional expiry: per-process caches must not grow without limit."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from whazing_gateway.state.memory import VERSION_SUFFIX, MemoryState
+from whazing_gateway.state.memory import MemoryState
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,9 @@ def _loads(raw: bytes | str | None) -> Any | None:
         return None
     return json.loads(raw)
 
+
+# Where a `set_newer` value's version is kept, beside it (`<key>#v`).
+VERSION_SUFFIX = "#v"
 
 # KEYS: value, version; ARGV: value JSON, version, ttl in ms (0: none). Not written when the held
 # version is higher: replicas commit in any order, and a late one must not turn a ticket back.
