@@ -242,6 +242,11 @@ PIPELINE_LAG = Gauge(
     "Age of the last record the pipeline process committed, when it committed it",
     registry=REGISTRY,
 )
+PIPELINE_DEFERRED = Counter(
+    "whazing_gateway_pipeline_deferred_seconds",
+    "Seconds the pipeline process held a late backlog while the proxy was saturated (proxy.defer_max_s)",
+    registry=REGISTRY,
+)
 PIPELINE_RESTARTS = Counter(
     "whazing_gateway_pipeline_restarts_total",
     "Restarts of the pipeline process (decode, infer, route, outbox writes)",

@@ -96,9 +96,10 @@ async def _open_outbox(outbox, stopping: asyncio.Event) -> None:
 class Consumer:
     """Reads the journal, runs batches through the pipeline, checkpoints after their commits."""
 
-    def __init__(self, reader, pipeline, report, *, gather_s: float = 0.0) -> None:
+    def __init__(self, reader, pipeline, report, *, gather_s: float = 0.0, deferral=None) -> None:
         self.reader = reader
         self.gather_s = gather_s
+        self.deferral = deferral
         self.pipeline = pipeline
         self.report = report
         self.busy_at = 0.0
@@ -154,8 +155,10 @@ class Consumer:
                     continue
                 self.caught_up.clear()
                 idle = 0
-                self.busy_at = time.monotonic()
                 records = [record for record, _ in items]
+                if self.deferral is not None and await self.deferral.hold(records[0].ts):
+                    checkpoint()  # a quiet moment: what was accepted before the wait is marked read
+                self.busy_at = time.monotonic()
                 try:
                     await self.pipeline.process_batch(records)
                 except GaveUp:  # stopping while the outbox fails: read again at the next start
@@ -225,12 +228,13 @@ async def _read_stdin(on_eof) -> None:
     on_eof()
 
 
-async def serve(settings, annotate: bool) -> int:
+async def serve(settings, annotate: bool, parent_pid: int | None = None) -> int:
     from whazing_gateway.config.reload import RulesWatcher, initial_rules, register_rule_secrets
     from whazing_gateway.upstream.media import MediaFetcher
     from whazing_gateway.infer.inferrer import Inferrer
     from whazing_gateway.outbox import open_outbox
     from whazing_gateway.pipeline.core import Pipeline
+    from whazing_gateway.pipeline.deferral import Deferral, ProxyLoad
     from whazing_gateway.pipeline.journal import JournalReader, open_dir
     from whazing_gateway.state import open_state
     from whazing_gateway.route.router import Router
@@ -270,7 +274,10 @@ async def serve(settings, annotate: bool) -> int:
                         max_batch=SHARED_BATCH_RECORDS if shared else BATCH_RECORDS,
                         on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
     reporter = Reporter(outbox)
-    consumer = Consumer(reader, pipeline, reporter, gather_s=0.0 if shared else GATHER_S)
+    deferral = None
+    if parent_pid is not None and settings.defer_max_s > 0:
+        deferral = Deferral(ProxyLoad(parent_pid), max_s=settings.defer_max_s)
+    consumer = Consumer(reader, pipeline, reporter, gather_s=0.0 if shared else GATHER_S, deferral=deferral)
     watcher = None
     if settings.rules_reload_s:
         watcher = RulesWatcher(router, settings.rules_dir, settings=settings, interval_s=settings.rules_reload_s,
@@ -373,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(started, int):
         return started
     args, settings = started
-    return asyncio.run(serve(settings, args.annotate))
+    return asyncio.run(serve(settings, args.annotate, args.parent_pid))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""Hold a late backlog while the proxy is saturated: its traffic first, the same work later.
+
+The pipeline process runs in the idle CPU class, yet on two cores its work still slows the
+proxy a little (they share caches, memory bandwidth and, on a VM, often a physical core). When
+the pipeline is already behind (its next record waited more than `behind_s`) and the proxy's
+event loop keeps a core busy, processing now would only make webhooks that are late anyway a
+little less late, at the traffic's expense. So it waits, in steps of `POLL_S`, until the proxy
+calms down, but never holds a record longer than `max_s`: past that it processes whatever the
+load, as before. Under sustained saturation the lag settles near `max_s`; nothing is dropped
+(the records wait in the journal) and nothing is reordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import structlog
+
+from whazing_gateway.ops import metrics
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.1
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of `pid`'s main thread (where the proxy's event loop runs); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:  # not Linux, or the process is gone
+        return None
+    fields = text[text.rfind(b")") + 2:].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15)
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass
+class ProxyLoad:
+    """The share of a core the proxy's event loop used over the last `window_s` or more."""
+
+    pid: int
+    window_s: float = 0.5
+    cpu: Callable[[int], float | None] = thread_cpu_seconds
+    clock: Callable[[], float] = time.monotonic
+    _since: tuple[float, float] | None = field(default=None, init=False)
+    _share: float | None = field(default=None, init=False)
+
+    def share(self) -> float | None:
+        used, now = self.cpu(self.pid), self.clock()
+        if used is None:
+            self._since, self._share = None, None
+            return None
+        if self._since is None:
+            self._since = (now, used)
+        elif now - self._since[0] >= max(self.window_s, 1e-6):
+            self._share = (used - self._since[1]) / (now - self._since[0])
+            self._since = (now, used)
+        return self._share
+
+
+@dataclass
+class Deferral:
+    """Decides, before each batch, whether to let a saturated proxy go first."""
+
+    load: ProxyLoad
+    max_s: float = 10.0
+    behind_s: float = 1.0
+    busy_share: float = 0.85
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], object] = asyncio.sleep
+    log_every_s: float = 60.0
+    _logged_at: float | None = field(default=None, init=False)
+    _held_s: float = field(default=0.0, init=False)
+
+    def should_wait(self, oldest_ts: float) -> bool:
+        share = self.load.share()  # sampled at every batch, so the window is current when needed
+        age = self.wall() - oldest_ts
+        if age < self.behind_s or age >= self.max_s:
+            return False
+        return share is not None and share >= self.busy_share
+
+    async def hold(self, oldest_ts: float) -> float:
+        """Wait while the proxy is saturated and the batch is late but not `max_s` late."""
+        waited = 0.0
+        while self.should_wait(oldest_ts):
+            await self.sleep(POLL_S)  # type: ignore[misc]
+            waited += POLL_S
+        if waited:
+            metrics.PIPELINE_DEFERRED.inc(waited)
+            self._held_s += waited
+            now = self.wall()
+            if self._logged_at is None or now - self._logged_at >= self.log_every_s:
+                log.info("pipeline.deferred", reason="the proxy was saturated and the pipeline behind: "
+                         "the traffic first, webhooks later (nothing dropped)",
+                         held_s=round(self._held_s, 1), lag_s=round(now - oldest_ts, 2), max_s=self.max_s)
+                self._logged_at, self._held_s = now, 0.0
+        return waited
