@@ -124,7 +124,7 @@ class Settings:
                                     "While the proxy's event loop keeps a core busy and the pipeline process is "
                                     "already more than a second behind, it holds its backlog (the traffic first, "
                                     "the same work once the load eases), but never a record longer than this; "
-                                    "0 = never hold.")
+                                    "0 = never hold. Replicas on a shared Redis state never hold.")
     journal_max_bytes: Size = setting("proxy.journal_max_bytes", 1 << 30,
                                       "Raw records waiting on disk for the pipeline process; past it they are dropped, "
                                       "counted and logged.")

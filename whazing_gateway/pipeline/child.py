@@ -274,8 +274,8 @@ async def serve(settings, annotate: bool, parent_pid: int | None = None) -> int:
                         max_batch=SHARED_BATCH_RECORDS if shared else BATCH_RECORDS,
                         on_result=(lambda r: _emit({"r": r.summary()})) if annotate else None)
     reporter = Reporter(outbox)
-    deferral = None
-    if parent_pid is not None and settings.defer_max_s > 0:
+    deferral = None  # replicas infer promptly (above): none holds what the others would order after
+    if parent_pid is not None and settings.defer_max_s > 0 and not shared:
         deferral = Deferral(ProxyLoad(parent_pid), max_s=settings.defer_max_s)
     consumer = Consumer(reader, pipeline, reporter, gather_s=0.0 if shared else GATHER_S, deferral=deferral)
     watcher = None
