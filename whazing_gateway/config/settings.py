@@ -87,6 +87,11 @@ class Settings:
     redis_prefix: Str = setting("storage.redis.prefix", "wgw", "Key prefix, so several gateways can share one Redis.")
     spool_max: NonNegativeInt = setting("storage.redis.spool_max", 10_000,
                                         "Deliveries kept on local disk while Redis is unreachable.")
+    reorder_window_s: Duration = setting("storage.redis.reorder_window", 0.25,
+                                         "Replicas: a ticket's new delivery waits this long before it can go, so an "
+                                         "earlier event of that ticket written by another replica meanwhile goes "
+                                         "first. Raise it where replicas run on busy machines (a pipeline starved "
+                                         "longer than this can deliver a ticket's events out of order).")
     observer_enabled: Bool = setting("observer.enabled", True,
                                      "The gateway's own socket.io connection, so events are seen with no browser open.")
     observer_email_env: Str = setting("observer.email_env", "WHAZING_OBSERVER_EMAIL",

@@ -52,7 +52,7 @@ def open_outbox(settings: Any) -> Outbox:
         from whazing_gateway.outbox.redis import RedisOutbox
 
         kwargs: dict[str, Any] = {}
-        for name in ("redis_url", "redis_prefix", "spool_max"):
+        for name in ("redis_url", "redis_prefix", "spool_max", "reorder_window_s"):
             value = getattr(settings, name, None)
             if value is not None:
                 kwargs[name] = value
