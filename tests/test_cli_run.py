@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 
@@ -125,3 +126,26 @@ def _delivery():
 
     return model.Delivery(id=f"msg_{time.time_ns()}", target="t", event_id="e", event_type=model.TICKET_CREATED,
                           order_key=None, body=b"{}", created_at=time.time(), ticket_id=1)
+
+
+async def test_ctrl_c_stops_the_children_in_order_without_a_died_line(tmp_path):
+    """A terminal's Ctrl-C reaches the gateway and both children at once (one process group).
+    The children leave stopping to the gateway: no 'died: restarting' on a clean Ctrl-C."""
+    async with Receiver() as rx, upstream() as up:
+        gw = GatewayProcess(tmp_path, up, rules_yaml(rx.url()),
+                            settings="observer: {enabled: false}\n")
+        await gw.start()
+        await wait_until(lambda: events(gw, "pipeline.started") and events(gw, "deliver_worker.started"), 20,
+                         what="both children")
+        children = [events(gw, "pipeline.spawned")[0]["pid"], events(gw, "deliver_worker.spawned")[0]["pid"]]
+        for pid in children:  # the children first: the order that raced the gateway's own stop
+            os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.5)
+        assert not [r for r in gw.log_records() if ".died" in str(r.get("event"))], gw.log()
+        code = await gw.stop(signal.SIGINT)
+        assert code == 0, gw.log()
+        names = [str(r.get("event")) for r in gw.log_records()]
+        assert not [n for n in names if ".died" in n], gw.log()
+        assert [r["ended"] for r in events(gw, "pipeline.stopped")] == ["drained"]
+        assert "deliver_worker.stopped" in names and "gateway stopped" in names
+        assert len(events(gw, "pipeline.spawned")) == len(events(gw, "deliver_worker.spawned")) == 1

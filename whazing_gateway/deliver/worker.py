@@ -29,7 +29,7 @@ import structlog
 
 from whazing_gateway.deliver.kinds import OutcomeHook
 from whazing_gateway.ops import metrics
-from whazing_gateway.ops.children import ChildProcess, child_start
+from whazing_gateway.ops.children import ChildProcess, child_start, on_interrupt
 
 log = structlog.get_logger(__name__)
 
@@ -127,8 +127,8 @@ async def serve(settings, outcomes: bool = False) -> int:
         watcher.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    on_interrupt(loop, stopping.set)
     tasks = [asyncio.create_task(_read_hints(sender, stopping)), asyncio.create_task(backlog.run())]
     log.info("deliver_worker.started", storage=settings.storage_backend)
     await stopping.wait()

@@ -58,6 +58,17 @@ def become_child(parent_pid: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def on_interrupt(loop: asyncio.AbstractEventLoop, callback) -> None:
+    """Ctrl-C stops a child run by hand; a child of the gateway ignores it (`child_start`).
+
+    A terminal's Ctrl-C reaches the whole process group at once: children that stopped on it by
+    themselves were seen exiting by the gateway before it knew it was stopping ("died:
+    restarting", at error level, on every clean Ctrl-C). The gateway stops them in order itself
+    (stdin closed: the pipeline reads its journal to the end first)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        loop.add_signal_handler(signal.SIGINT, callback)
+
+
 def child_start(prog: str, description: str, argv: list[str] | None,
                 flags: tuple[tuple[str, str], ...] = ()) -> tuple[argparse.Namespace, Any] | int:
     """What both children's `main` do before serving: read `--config` and `--parent-pid` (and
@@ -74,6 +85,7 @@ def child_start(prog: str, description: str, argv: list[str] | None,
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         become_child(args.parent_pid)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway stops us (on_interrupt)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

@@ -34,7 +34,7 @@ from pathlib import Path
 import structlog
 
 from whazing_gateway.ops import metrics
-from whazing_gateway.ops.children import ChildProcess, child_start
+from whazing_gateway.ops.children import ChildProcess, child_start, on_interrupt
 
 log = structlog.get_logger(__name__)
 
@@ -243,7 +243,7 @@ async def serve(settings, annotate: bool, parent_pid: int | None = None) -> int:
     stop_now = asyncio.Event()  # SIGTERM (the parent died): stop at once, the journal keeps the rest
     drain = asyncio.Event()  # stdin closed / SIGINT: read what the journal holds, then stop
     loop.add_signal_handler(signal.SIGTERM, stop_now.set)
-    loop.add_signal_handler(signal.SIGINT, drain.set)
+    on_interrupt(loop, drain.set)
     stdin_task = asyncio.create_task(_read_stdin(drain.set))
 
     directory = open_dir(journal_dir(settings))
