@@ -135,14 +135,16 @@ async def test_ctrl_c_stops_the_children_in_order_without_a_died_line(tmp_path):
         gw = GatewayProcess(tmp_path, up, rules_yaml(rx.url()),
                             settings="observer: {enabled: false}\n")
         await gw.start()
-        await wait_until(lambda: events(gw, "pipeline.started") and events(gw, "deliver_worker.started"), 20,
-                         what="both children")
-        children = [events(gw, "pipeline.spawned")[0]["pid"], events(gw, "deliver_worker.spawned")[0]["pid"]]
-        for pid in children:  # the children first: the order that raced the gateway's own stop
-            os.kill(pid, signal.SIGINT)
-        await asyncio.sleep(0.5)
-        assert not [r for r in gw.log_records() if ".died" in str(r.get("event"))], gw.log()
-        code = await gw.stop(signal.SIGINT)
+        try:
+            await wait_until(lambda: events(gw, "pipeline.started") and events(gw, "deliver_worker.started"), 20,
+                             what="both children")
+            children = [events(gw, "pipeline.spawned")[0]["pid"], events(gw, "deliver_worker.spawned")[0]["pid"]]
+            for pid in children:  # the children first: the order that raced the gateway's own stop
+                os.kill(pid, signal.SIGINT)
+            await asyncio.sleep(0.5)
+            assert not [r for r in gw.log_records() if ".died" in str(r.get("event"))], gw.log()
+        finally:
+            code = await gw.stop(signal.SIGINT)
         assert code == 0, gw.log()
         names = [str(r.get("event")) for r in gw.log_records()]
         assert not [n for n in names if ".died" in n], gw.log()
