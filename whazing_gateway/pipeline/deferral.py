@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import structlog
 
@@ -75,7 +75,7 @@ class Deferral:
     behind_s: float = 1.0
     busy_share: float = 0.85
     wall: Callable[[], float] = time.time
-    sleep: Callable[[float], object] = asyncio.sleep
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     log_every_s: float = 60.0
     _logged_at: float | None = field(default=None, init=False)
     _held_s: float = field(default=0.0, init=False)
@@ -91,7 +91,7 @@ class Deferral:
         """Wait while the proxy is saturated and the batch is late but not `max_s` late."""
         waited = 0.0
         while self.should_wait(oldest_ts):
-            await self.sleep(POLL_S)  # type: ignore[misc]
+            await self.sleep(POLL_S)
             waited += POLL_S
         if waited:
             metrics.PIPELINE_DEFERRED.inc(waited)
