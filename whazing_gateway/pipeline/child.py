@@ -150,8 +150,9 @@ class Consumer:
                     checkpoint()
                     self.caught_up.set()
                     idle += 1
-                    # caught up: poll often right after traffic, then every 50 ms (idle CPU ~0)
-                    await asyncio.sleep(0.002 if idle < 50 else 0.01 if idle < 150 else 0.05)
+                    # caught up: poll every 10 ms for a second after traffic, then every 50 ms
+                    # (the proxy's writer thread appends every 50 ms: polls in between find nothing)
+                    await asyncio.sleep(0.01 if idle < 100 else 0.05)
                     continue
                 self.caught_up.clear()
                 idle = 0
