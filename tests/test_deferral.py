@@ -1,4 +1,5 @@
-"""The pipeline's deferral: a saturated proxy goes first, but a record is never held past max_s."""
+"""The pipeline's deferral: a saturated proxy goes first, but a record is never held past max_s,
+and saturation that lasts max_s (not a burst) is not held at all."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def deferral(share: float | None, clock: Clock, **kw) -> Deferral:
     return d
 
 
-def test_a_late_backlog_waits_while_the_proxy_is_saturated_but_never_past_max():
+def test_a_backlog_waits_while_the_proxy_is_saturated_but_never_past_max():
     clock = Clock()
-    d = deferral(0.97, clock, max_s=10.0, behind_s=1.0)
+    d = deferral(0.97, clock, max_s=10.0)
     before = metrics.PIPELINE_DEFERRED._value.get()
     oldest = clock.now - 2.0  # the pipeline is 2 s behind
     waited = asyncio.run(d.hold(oldest))
@@ -50,12 +51,43 @@ def test_a_late_backlog_waits_while_the_proxy_is_saturated_but_never_past_max():
     assert metrics.PIPELINE_DEFERRED._value.get() - before == pytest.approx(waited)
 
 
-def test_no_wait_when_the_pipeline_keeps_up_or_the_proxy_has_room():
+def test_no_wait_when_the_proxy_has_room_or_the_record_is_max_s_old():
     clock = Clock()
-    assert asyncio.run(deferral(1.0, clock).hold(clock.now - 0.2)) == 0  # not behind
     assert asyncio.run(deferral(0.5, clock).hold(clock.now - 3.0)) == 0  # proxy not saturated
     assert asyncio.run(deferral(None, clock).hold(clock.now - 3.0)) == 0  # load unknown (not Linux)
     assert asyncio.run(deferral(1.0, clock, max_s=10.0).hold(clock.now - 11.0)) == 0  # already max_s late
+
+
+def test_a_fresh_record_waits_during_a_burst():
+    clock = Clock()
+    # the pipeline keeps up (its record is 0.1 s old), but a burst is the traffic's
+    assert asyncio.run(deferral(1.0, clock, max_s=10.0).hold(clock.now - 0.1)) > 9.0
+
+
+def test_saturation_that_lasts_max_s_is_not_held_until_the_proxy_has_room():
+    clock = Clock()
+    share = {"now": 1.0}
+    used = {"cpu": 0.0, "at": clock.now}
+
+    def cpu(pid):  # a main thread using share["now"] of a core since the last call
+        used["cpu"] += (clock.now - used["at"]) * share["now"]
+        used["at"] = clock.now
+        return used["cpu"]
+
+    d = Deferral(ProxyLoad(pid=1, window_s=0.5, clock=clock, cpu=cpu), max_s=10.0, wall=clock, sleep=clock.sleep)
+    d.load.share()
+    clock.now += 0.5
+    first = asyncio.run(d.hold(clock.now))  # a burst begins: held up to max_s
+    assert 9.5 <= first <= 10.2
+    for _ in range(20):  # the saturation goes on: every record is processed as it comes
+        clock.now += 0.5
+        assert asyncio.run(d.hold(clock.now - 0.05)) == 0
+    share["now"] = 0.2  # the load eases...
+    clock.now += 0.6
+    assert asyncio.run(d.hold(clock.now - 0.05)) == 0
+    share["now"] = 1.0  # ...and the next burst is held again
+    clock.now += 0.6
+    assert asyncio.run(d.hold(clock.now - 0.05)) > 9.0
 
 
 def test_it_resumes_as_soon_as_the_proxy_calms_down():

@@ -126,10 +126,11 @@ class Settings:
                                         "(nothing is lost: records wait in the journal) | low: nice 10, a small share "
                                         "beside busy programs, taken from the proxy too when it is saturated.")
     defer_max_s: Duration = setting("proxy.defer_max", 10.0,
-                                    "While the proxy's event loop keeps a core busy and the pipeline process is "
-                                    "already more than a second behind, it holds its backlog (the traffic first, "
-                                    "the same work once the load eases), but never a record longer than this; "
-                                    "0 = never hold. Replicas on a shared Redis state never hold.")
+                                    "While the proxy's event loop keeps a core busy, the pipeline process holds "
+                                    "its work (the traffic first, the same work once the load eases), but never a "
+                                    "record longer than this, and not at all once the saturation has lasted this "
+                                    "long (not a burst: it then works as records come); 0 = never hold. Replicas "
+                                    "on a shared Redis state never hold.")
     journal_max_bytes: Size = setting("proxy.journal_max_bytes", 1 << 30,
                                       "Raw records waiting on disk for the pipeline process; past it they are dropped, "
                                       "counted and logged.")

@@ -244,7 +244,7 @@ PIPELINE_LAG = Gauge(
 )
 PIPELINE_DEFERRED = Counter(
     "whazing_gateway_pipeline_deferred_seconds",
-    "Seconds the pipeline process held a late backlog while the proxy was saturated (proxy.defer_max)",
+    "Seconds the pipeline process held its work while the proxy was saturated (proxy.defer_max)",
     registry=REGISTRY,
 )
 PIPELINE_RESTARTS = Counter(
