@@ -82,9 +82,17 @@ def test_saturation_that_lasts_max_s_is_not_held_until_the_proxy_has_room():
     for _ in range(20):  # the saturation goes on: every record is processed as it comes
         clock.now += 0.5
         assert asyncio.run(d.hold(clock.now - 0.05)) == 0
-    share["now"] = 0.2  # the load eases...
+    share["now"] = 0.2  # a dip of a second...
     clock.now += 0.6
     assert asyncio.run(d.hold(clock.now - 0.05)) == 0
+    share["now"] = 1.0  # ...does not end the saturation: still not held
+    for _ in range(2):
+        clock.now += 0.6
+        assert asyncio.run(d.hold(clock.now - 0.05)) == 0
+    share["now"] = 0.2  # the load eases for longer than calm_s...
+    for _ in range(5):
+        clock.now += 0.6
+        assert asyncio.run(d.hold(clock.now - 0.05)) == 0
     share["now"] = 1.0  # ...and the next burst is held again
     clock.now += 0.6
     assert asyncio.run(d.hold(clock.now - 0.05)) > 9.0

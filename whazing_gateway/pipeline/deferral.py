@@ -10,7 +10,8 @@ Two bounds keep that from costing more than it saves:
 - no record is held longer than `max_s`;
 - saturation that has lasted `max_s` is not a burst: the work has to be done during it anyway,
   so holding would only make webhooks late. The pipeline then works as records come (its lag
-  back near zero) until the proxy has room again; the next saturation is held again.
+  back near zero) until the proxy has had room for `calm_s` (a dip of a second or two does not
+  end a saturation); the next saturation is held again.
 
 Nothing is dropped (the records wait in the journal) and nothing is reordered.
 """
@@ -83,14 +84,20 @@ class Deferral:
     log_every_s: float = 60.0
     _logged_at: float | None = field(default=None, init=False)
     _held_s: float = field(default=0.0, init=False)
+    calm_s: float = 2.0  # a saturation ends once the proxy has had room this long (not at a dip)
     _busy_since: float | None = field(default=None, init=False)  # this saturation, first seen
+    _calm_since: float | None = field(default=None, init=False)
 
     def should_wait(self, oldest_ts: float) -> bool:
         share = self.load.share()  # sampled at every batch, so the window is current when needed
         now = self.wall()
         if share is None or share < self.busy_share:
-            self._busy_since = None
+            if self._calm_since is None:
+                self._calm_since = now
+            if now - self._calm_since >= self.calm_s:
+                self._busy_since = None
             return False
+        self._calm_since = None
         if self._busy_since is None:
             self._busy_since = now
         if now - self._busy_since >= self.max_s:  # sustained, not a burst: holding only delays
