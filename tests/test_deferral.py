@@ -208,3 +208,30 @@ async def test_the_consumer_does_not_hold_when_the_proxy_has_room(tmp_path):
     batches = await consume(tmp_path, share=0.3, max_s=60.0)
     assert batches.flow_ids() == [f"f{i}" for i in range(300)]
     assert metrics.PIPELINE_DEFERRED._value.get() == before
+
+
+def test_a_burst_after_a_quiet_spell_without_batches_is_held_again():
+    """Records stop with the load: no batch samples the proxy while it is quiet, and the next
+    burst must not be taken for the old, sustained saturation."""
+    clock = Clock()
+    share = {"now": 1.0}
+    used = {"cpu": 0.0, "at": clock.now}
+
+    def cpu(pid):
+        used["cpu"] += (clock.now - used["at"]) * share["now"]
+        used["at"] = clock.now
+        return used["cpu"]
+
+    d = Deferral(ProxyLoad(pid=1, window_s=0.5, clock=clock, cpu=cpu), max_s=10.0, wall=clock, sleep=clock.sleep)
+    d.load.share()
+    clock.now += 0.5
+    assert asyncio.run(d.hold(clock.now)) > 9.0  # a burst, held
+    clock.now += 0.5
+    assert asyncio.run(d.hold(clock.now - 0.05)) == 0  # it lasted: sustained, not held
+    share["now"] = 0.0  # the load stops, and with it the records: nothing samples for 30 s
+    clock.now += 30.0
+    cpu(1)  # (the fake accrues the quiet 30 s at share 0)
+    share["now"] = 1.0  # a new burst: its first batch sees the quiet 30 s window (it goes on)...
+    assert asyncio.run(d.hold(clock.now - 0.05)) == 0
+    clock.now += 0.5
+    assert asyncio.run(d.hold(clock.now - 0.05)) > 9.0  # ...and the next is held: a new burst

@@ -58,6 +58,7 @@ class ProxyLoad:
     clock: Callable[[], float] = time.monotonic
     _since: tuple[float, float] | None = field(default=None, init=False)
     _share: float | None = field(default=None, init=False)
+    last_window_s: float = field(default=0.0, init=False)  # how long the last share was measured over
 
     def share(self) -> float | None:
         used, now = self.cpu(self.pid), self.clock()
@@ -67,7 +68,8 @@ class ProxyLoad:
         if self._since is None:
             self._since = (now, used)
         elif now - self._since[0] >= max(self.window_s, 1e-6):
-            self._share = (used - self._since[1]) / (now - self._since[0])
+            self.last_window_s = now - self._since[0]
+            self._share = (used - self._since[1]) / self.last_window_s
             self._since = (now, used)
         return self._share
 
@@ -92,8 +94,8 @@ class Deferral:
         share = self.load.share()  # sampled at every batch, so the window is current when needed
         now = self.wall()
         if share is None or share < self.busy_share:
-            if self._calm_since is None:
-                self._calm_since = now
+            if self._calm_since is None:  # the room began with the window that shows it (an idle
+                self._calm_since = now - self.load.last_window_s  # pipeline samples seldom)
             if now - self._calm_since >= self.calm_s:
                 self._busy_since = None
             return False
