@@ -32,6 +32,19 @@ def load_of(share: float | None, clock: Clock) -> ProxyLoad:
                      cpu=lambda pid: None if share is None else clock.now * share)
 
 
+def varying_load(share: dict[str, float], clock: Clock) -> ProxyLoad:
+    """A proxy whose main thread uses `share["now"]` of a core since the last reading (set it
+    to change the load from then on)."""
+    used = {"cpu": 0.0, "at": clock.now}
+
+    def cpu(pid):
+        used["cpu"] += (clock.now - used["at"]) * share["now"]
+        used["at"] = clock.now
+        return used["cpu"]
+
+    return ProxyLoad(pid=1, window_s=0.5, clock=clock, cpu=cpu)
+
+
 def deferral(share: float | None, clock: Clock, **kw) -> Deferral:
     d = Deferral(load_of(share, clock), wall=clock, sleep=clock.sleep, **kw)
     d.load.share()  # the consumer samples at every batch: a window is under way
@@ -67,14 +80,7 @@ def test_a_fresh_record_waits_during_a_burst():
 def test_saturation_that_lasts_max_s_is_not_held_until_the_proxy_has_room():
     clock = Clock()
     share = {"now": 1.0}
-    used = {"cpu": 0.0, "at": clock.now}
-
-    def cpu(pid):  # a main thread using share["now"] of a core since the last call
-        used["cpu"] += (clock.now - used["at"]) * share["now"]
-        used["at"] = clock.now
-        return used["cpu"]
-
-    d = Deferral(ProxyLoad(pid=1, window_s=0.5, clock=clock, cpu=cpu), max_s=10.0, wall=clock, sleep=clock.sleep)
+    d = Deferral(varying_load(share, clock), max_s=10.0, wall=clock, sleep=clock.sleep)
     d.load.share()
     clock.now += 0.5
     first = asyncio.run(d.hold(clock.now))  # a burst begins: held up to max_s
@@ -215,14 +221,7 @@ def test_a_burst_after_a_quiet_spell_without_batches_is_held_again():
     burst must not be taken for the old, sustained saturation."""
     clock = Clock()
     share = {"now": 1.0}
-    used = {"cpu": 0.0, "at": clock.now}
-
-    def cpu(pid):
-        used["cpu"] += (clock.now - used["at"]) * share["now"]
-        used["at"] = clock.now
-        return used["cpu"]
-
-    d = Deferral(ProxyLoad(pid=1, window_s=0.5, clock=clock, cpu=cpu), max_s=10.0, wall=clock, sleep=clock.sleep)
+    d = Deferral(varying_load(share, clock), max_s=10.0, wall=clock, sleep=clock.sleep)
     d.load.share()
     clock.now += 0.5
     assert asyncio.run(d.hold(clock.now)) > 9.0  # a burst, held
@@ -230,7 +229,7 @@ def test_a_burst_after_a_quiet_spell_without_batches_is_held_again():
     assert asyncio.run(d.hold(clock.now - 0.05)) == 0  # it lasted: sustained, not held
     share["now"] = 0.0  # the load stops, and with it the records: nothing samples for 30 s
     clock.now += 30.0
-    cpu(1)  # (the fake accrues the quiet 30 s at share 0)
+    d.load.cpu(1)  # (the fake accrues the quiet 30 s at share 0)
     share["now"] = 1.0  # a new burst: its first batch sees the quiet 30 s window (it goes on)...
     assert asyncio.run(d.hold(clock.now - 0.05)) == 0
     clock.now += 0.5

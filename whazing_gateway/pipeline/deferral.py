@@ -81,12 +81,12 @@ class Deferral:
     load: ProxyLoad
     max_s: float = 10.0
     busy_share: float = 0.85
+    calm_s: float = 2.0  # a saturation ends once the proxy has had room this long (not at a dip)
     wall: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     log_every_s: float = 60.0
     _logged_at: float | None = field(default=None, init=False)
     _held_s: float = field(default=0.0, init=False)
-    calm_s: float = 2.0  # a saturation ends once the proxy has had room this long (not at a dip)
     _busy_since: float | None = field(default=None, init=False)  # this saturation, first seen
     _calm_since: float | None = field(default=None, init=False)
 

@@ -49,8 +49,8 @@ SEGMENT_BYTES = 16 << 20
 # The writer thread gathers records this long after the first one arrives, then writes them in
 # one go. Each wake-up takes the GIL from the event loop; at 400 requests/s, 5 ms cost the
 # writer thread 17-19 CPU ticks per 5 s and 50 ms cost 6-8 (about 2% of the proxy's CPU). A
-# record reaches the pipeline at most this much later; one in memory is lost if the proxy is
-# killed (-9) first, 50 ms or 5 ms alike (catch-up reads missed ticket changes back at start).
+# record reaches the pipeline at most this much later, and a kill -9 of the proxy loses at most
+# this much of the newest records (catch-up reads missed ticket changes back at the next start).
 WRITE_DELAY_S = 0.05
 _FRAME = struct.Struct("<II")
 _HEAD = struct.Struct("<BI")
