@@ -33,8 +33,11 @@ def test_the_reorder_window_reaches_the_redis_outbox(tmp_path):
 async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_server, standin, receiver,
                                                               start_gateway):
     # Replicas on a busy machine (CI runs four suites on two cores), configured as docs/scale-out.md
-    # advises there: the children at nice 10 rather than idle, and a wider reorder window, so a
-    # pipeline held back for a second still has its earlier events of a ticket go first.
+    # advises there: the children at nice 10 rather than idle, and a wider reorder window, so an
+    # event seen only by the replica that proxied its REST call, held back for a second, still
+    # goes before a later one of its ticket. (Events both replicas see keep the order they were
+    # accepted in: the reopen by an inbound message goes before that message although Whazing
+    # stamps the ticket a few ms after the message; this test failed on that once.)
     settings = (f"storage: {{backend: redis, redis: {{url: '{redis_server.url}', prefix: mg, reorder_window: 2s}}}}\n"
                 "proxy: {children_cpu: low}\n")
     gws = await asyncio.gather(*(start_gateway(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()),

@@ -15,7 +15,7 @@ from whazing_gateway import model
 from whazing_gateway.ops import metrics
 from whazing_gateway.outbox import OutboxError, open_outbox
 from whazing_gateway.outbox.base import DELIVERED, Attempt
-from whazing_gateway.outbox.redis import RedisOutbox
+from whazing_gateway.outbox.redis import ORDER_TOLERANCE_S, RedisOutbox
 
 pytestmark = pytest.mark.slow  # every test starts a redis-server
 
@@ -263,9 +263,10 @@ async def test_ticket_order_follows_event_time_across_replicas(redis_server):
     await a.open()
     await b.open()
     try:
-        t = time.time()
-        await a.put([d(2, order_key="A", created_at=t + 0.002)])  # message.received seen by A
-        await b.put([d(1, order_key="A", created_at=t + 0.001)])  # ticket.created seen by B
+        t = time.time() - 5.0
+        gap = ORDER_TOLERANCE_S + 0.5  # clearly apart by Whazing's clock
+        await a.put([d(2, order_key="A", created_at=t + gap)])  # message.received seen by A
+        await b.put([d(1, order_key="A", created_at=t)])  # ticket.transferred seen by B
         assert await a.claim(time.time(), 10) == []  # inside the window: nothing yet
         order = []
 
@@ -279,12 +280,46 @@ async def test_ticket_order_follows_event_time_across_replicas(redis_server):
         assert order == ["msg_t1_1", "msg_t1_2"]
 
         # once a delivery is in flight, a late earlier event waits behind it
-        await a.put([d(4, order_key="B", created_at=t + 0.004)])
+        await a.put([d(4, order_key="B", created_at=t + 2 * gap)])
         (started,) = await wait_claim(a)
-        await b.put([d(3, order_key="B", created_at=t + 0.003)])
+        await b.put([d(3, order_key="B", created_at=t + gap)])
         await a.record_attempt(started.id, ok(), "delivered", None)
         (nxt,) = await wait_claim(a)
         assert (started.id, nxt.id) == ("msg_t1_4", "msg_t1_3")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_ticket_events_close_in_time_keep_acceptance_order(redis_server):
+    """Whazing stamps a ticket's update after the message that caused it (a new or reopened
+    ticket's `updatedAt` follows its first message's `createdAt` by the backend's own database
+    round trips): a ticket event accepted before a message stamped a few ms earlier still goes
+    first, from one replica or two. Only events further apart than ORDER_TOLERANCE_S are
+    put back in Whazing's order."""
+    a = RedisOutbox(redis_server.url, "rc", replica_id="a", reorder_window_s=0.3)
+    b = RedisOutbox(redis_server.url, "rc", replica_id="b", reorder_window_s=0.3)
+    await a.open()
+    await b.open()
+    try:
+        t = time.time()
+        # one replica: ticket.reopened (updatedAt t+40 ms), then message.received (createdAt t+10 ms)
+        await a.put([d(1, order_key="A", created_at=t + 0.040)])
+        await a.put([d(2, order_key="A", created_at=t + 0.010)])
+        # two replicas: the second one accepts the message after the first accepted the ticket event
+        await a.put([d(3, order_key="B", created_at=t + 0.900)])
+        await b.put([d(4, order_key="B", created_at=t + 0.001)])
+        order: list[str] = []
+
+        async def drain():
+            for item in await a.claim(time.time(), 10):
+                order.append(item.id)
+                await a.record_attempt(item.id, ok(), "delivered", None)
+            return len(order) == 4
+
+        await wait_for(drain, what="all delivered")
+        assert [i for i in order if i in ("msg_t1_1", "msg_t1_2")] == ["msg_t1_1", "msg_t1_2"]
+        assert [i for i in order if i in ("msg_t1_3", "msg_t1_4")] == ["msg_t1_3", "msg_t1_4"]
     finally:
         await a.close()
         await b.close()

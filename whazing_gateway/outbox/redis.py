@@ -41,6 +41,13 @@ from whazing_gateway.state.redis import RedisError_, key_prefix, make_client
 
 log = structlog.get_logger(__name__)
 
+# A ticket's events closer than this by Whazing's clock keep the order they were accepted in;
+# only events further apart are put back in Whazing's order (see RedisOutbox). Whazing stamps a
+# ticket's update after the message that caused it: a new or reopened ticket's `updatedAt` comes
+# after its first message's `createdAt` (by the backend's own database round trips), while every
+# replica sees the ticket's push first and accepts its event first.
+ORDER_TOLERANCE_S = 1.0
+
 
 # ---- the outbox ---------------------------------------------------------------------------------
 #
@@ -123,9 +130,10 @@ class RedisOutbox(Outbox):
     expires after `heartbeat_ttl_s` and the survivors release its leases at once instead of
     waiting for the lease to run out: its pending deliveries are claimed by the others.
 
-    Order per (target, order_key) is event order (Delivery.created_at), not acceptance order:
-    two replicas may accept one ticket's events in either order, so an ordered delivery waits
-    `reorder_window_s` before it is claimable and goes before not-yet-started later ones.
+    Order per (target, order_key) is acceptance order, corrected by event time (Delivery.created_at)
+    where that is clear: two replicas may accept one ticket's events in either order, so an
+    ordered delivery waits `reorder_window_s` before it is claimable and goes before
+    not-yet-started ones that happened more than ORDER_TOLERANCE_S later.
 
     `put` never raises because Redis is down: the deliveries go to the spool (a SQLite file when
     `spool_path` is set, else memory) and a background task writes them to Redis, in order, when
@@ -308,7 +316,7 @@ class RedisOutbox(Outbox):
     async def _put_redis(self, deliveries: Sequence[model.Delivery]) -> int:
         now = self._clock()
         settled = repr(now + self._reorder_window_s)
-        args: list = [repr(now)]
+        args: list = [repr(now), repr(ORDER_TOLERANCE_S)]
         for d in deliveries:
             args += [d.id, d.target, d.event_id, d.event_type, _arg(d.order_key), d.body,
                      repr(float(d.created_at)), _arg(d.ticket_id), _arg(d.flow_id), settled]

@@ -1,6 +1,7 @@
 local now = ARGV[2]
+local tolerance = tonumber(ARGV[3])  -- ORDER_TOLERANCE_S
 local added = 0
-local i = 3
+local i = 4
 while i + 9 <= #ARGV do
   local id, t, ok = ARGV[i], ARGV[i + 1], ARGV[i + 4]
   local dk = dkey(id)
@@ -16,9 +17,10 @@ while i + 9 <= #ARGV do
     redis.call('ZADD', P .. 'all', ARGV[i + 6], id)
     if ok ~= NONE then
       -- Replicas infer one ticket's events concurrently, so acceptance order can differ from
-      -- event order: go before not-yet-started deliveries of the ticket observed later.
+      -- event order: go before not-yet-started deliveries of the ticket that happened clearly
+      -- later (by more than the tolerance: closer ones keep acceptance order).
       local q = qkey(t, ok)
-      local cat = tonumber(ARGV[i + 6])
+      local cat = tonumber(ARGV[i + 6]) + tolerance
       local before = nil
       local k = redis.call('LLEN', q) - 1
       local steps = 0
