@@ -268,16 +268,7 @@ async def test_ticket_order_follows_event_time_across_replicas(redis_server):
         await a.put([d(2, order_key="A", created_at=t + gap)])  # message.received seen by A
         await b.put([d(1, order_key="A", created_at=t)])  # ticket.transferred seen by B
         assert await a.claim(time.time(), 10) == []  # inside the window: nothing yet
-        order = []
-
-        async def drain():
-            for item in await a.claim(time.time(), 10):
-                order.append(item.id)
-                await a.record_attempt(item.id, ok(), "delivered", None)
-            return len(order) == 2
-
-        await wait_for(drain, what="both delivered")
-        assert order == ["msg_t1_1", "msg_t1_2"]
+        assert await deliver_all(a, 2) == ["msg_t1_1", "msg_t1_2"]
 
         # once a delivery is in flight, a late earlier event waits behind it
         await a.put([d(4, order_key="B", created_at=t + 2 * gap)])
@@ -309,20 +300,26 @@ async def test_ticket_events_close_in_time_keep_acceptance_order(redis_server):
         # two replicas: the second one accepts the message after the first accepted the ticket event
         await a.put([d(3, order_key="B", created_at=t + 0.900)])
         await b.put([d(4, order_key="B", created_at=t + 0.001)])
-        order: list[str] = []
-
-        async def drain():
-            for item in await a.claim(time.time(), 10):
-                order.append(item.id)
-                await a.record_attempt(item.id, ok(), "delivered", None)
-            return len(order) == 4
-
-        await wait_for(drain, what="all delivered")
+        order = await deliver_all(a, 4)
         assert [i for i in order if i in ("msg_t1_1", "msg_t1_2")] == ["msg_t1_1", "msg_t1_2"]
         assert [i for i in order if i in ("msg_t1_3", "msg_t1_4")] == ["msg_t1_3", "msg_t1_4"]
     finally:
         await a.close()
         await b.close()
+
+
+async def deliver_all(ob: RedisOutbox, count: int) -> list[str]:
+    """Claim and deliver until `count` are delivered: their ids, in the order they went."""
+    order: list[str] = []
+
+    async def drain():
+        for item in await ob.claim(time.time(), 10):
+            order.append(item.id)
+            await ob.record_attempt(item.id, ok(), "delivered", None)
+        return len(order) == count
+
+    await wait_for(drain, what=f"{count} delivered")
+    return order
 
 
 async def wait_claim(ob: RedisOutbox, timeout_s: float = 20.0):
