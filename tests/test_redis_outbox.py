@@ -283,9 +283,9 @@ async def test_ticket_order_follows_event_time_across_replicas(redis_server):
 
 
 async def test_ticket_events_close_in_time_keep_acceptance_order(redis_server):
-    """Whazing stamps a ticket's update after the message that caused it (a new or reopened
-    ticket's `updatedAt` follows its first message's `createdAt` by the backend's own database
-    round trips): a ticket event accepted before a message stamped a few ms earlier still goes
+    """The push of a new or reopened ticket can carry an `updatedAt` a few ms after its first
+    message's `createdAt` (touched again for its last message before the push, as the stand-in
+    does): a ticket event accepted before a message stamped a few ms earlier still goes
     first, from one replica or two. Only events further apart than ORDER_TOLERANCE_S are
     put back in Whazing's order."""
     a = RedisOutbox(redis_server.url, "rc", replica_id="a", reorder_window_s=0.3)

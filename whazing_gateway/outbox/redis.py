@@ -42,10 +42,11 @@ from whazing_gateway.state.redis import RedisError_, key_prefix, make_client
 log = structlog.get_logger(__name__)
 
 # A ticket's events closer than this by Whazing's clock keep the order they were accepted in;
-# only events further apart are put back in Whazing's order (see RedisOutbox). Whazing stamps a
-# ticket's update after the message that caused it: a new or reopened ticket's `updatedAt` comes
-# after its first message's `createdAt` (by the backend's own database round trips), while every
-# replica sees the ticket's push first and accepts its event first.
+# only events further apart are put back in Whazing's order (see RedisOutbox). Whazing's stamps
+# need not follow cause at that scale: the push of a new or reopened ticket can carry an
+# `updatedAt` later than its first message's `createdAt` (the ticket is touched again for its
+# last message before the push), while every replica sees the ticket's push first and accepts
+# its event first.
 ORDER_TOLERANCE_S = 1.0
 
 
