@@ -36,8 +36,8 @@ async def test_two_gateways_on_one_redis_send_each_event_once(tmp_path, redis_se
     # advises there: the children at nice 10 rather than idle, and a wider reorder window, so an
     # event seen only by the replica that proxied its REST call, held back for a second, still
     # goes before a later one of its ticket. (Events both replicas see keep the order they were
-    # accepted in: the reopen by an inbound message goes before that message although Whazing
-    # stamps the ticket a few ms after the message; this test failed on that once.)
+    # accepted in: the reopen by an inbound message goes before that message although the
+    # ticket's push can carry a stamp a few ms after the message's; this test failed on that once.)
     settings = (f"storage: {{backend: redis, redis: {{url: '{redis_server.url}', prefix: mg, reorder_window: 2s}}}}\n"
                 "proxy: {children_cpu: low}\n")
     gws = await asyncio.gather(*(start_gateway(tmp_path / f"gw{k}", standin.url, rules_yaml(receiver.url()),

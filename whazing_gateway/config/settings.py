@@ -90,8 +90,9 @@ class Settings:
     reorder_window_s: Duration = setting("storage.redis.reorder_window", 0.25,
                                          "Replicas: a ticket's new delivery waits this long before it can go, so an "
                                          "event of that ticket that happened more than a second earlier, written by "
-                                         "another replica meanwhile, goes first. Raise it where replicas run on busy machines (a pipeline starved "
-                                         "longer than this can deliver a ticket's events out of order).")
+                                         "another replica meanwhile, goes first. Raise it where replicas run on busy "
+                                         "machines (a pipeline starved longer than this can deliver a ticket's events "
+                                         "out of order).")
     observer_enabled: Bool = setting("observer.enabled", True,
                                      "The gateway's own socket.io connection, so events are seen with no browser open.")
     observer_email_env: Str = setting("observer.email_env", "WHAZING_OBSERVER_EMAIL",
